@@ -1,0 +1,1 @@
+"""llm-infer-bench: an LLM inference benchmark pipeline (Snakemake + Hydra + pandas)."""

@@ -1,0 +1,169 @@
+"""Typed, validated cell configuration.
+
+Hydra composes a cell's config; everything below this module receives these plain
+dataclasses, never Hydra objects, so the core can be used and tested without Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+ENGINE_MODES = ("offline", "server")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and what is allowed."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _build(cls, section: str, values: dict[str, Any]):
+    """cls(**values), but an unknown key names the valid ones instead of a TypeError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    _require(
+        not unknown,
+        f"unknown {section} setting(s) {unknown}; valid: {sorted(names)}",
+    )
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    name: str
+    mode: str = "offline"
+    # canonical precision -> what this engine is asked for (torch dtype, GGUF type, ...)
+    precisions: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    threads: int | None = None
+    load_timeout_s: float = 600.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _require(bool(self.name), "engine.name must not be empty")
+        _require(self.mode in ENGINE_MODES, f"engine.mode must be one of {ENGINE_MODES}, got {self.mode!r}")
+        bad = sorted(set(self.precisions) - set(PRECISIONS))
+        _require(not bad, f"engine {self.name}: unknown precision(s) {bad} in engine.precisions; canonical names: {PRECISIONS}")
+        _require(self.threads is None or self.threads >= 1, f"engine.threads must be >= 1 or null, got {self.threads}")
+        _require(self.load_timeout_s > 0, "engine.load_timeout_s must be > 0")
+
+    def unsupported_reason(self, precision: str) -> str | None:
+        if precision in self.precisions:
+            return None
+        return (
+            f"precision {precision} is not supported by engine {self.name} "
+            f"(supported: {', '.join(self.precisions) or 'none'})"
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    synthetic: bool = False
+    hub_id: str | None = None
+    path: str | None = None
+    seed: int = 0
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _require(bool(self.name), "model.name must not be empty")
+        _require(
+            self.synthetic or bool(self.hub_id) or bool(self.path),
+            f"model {self.name}: give a hub_id or a path, or set synthetic: true",
+        )
+        if self.synthetic:
+            for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+                _require(key in self.architecture, f"synthetic model {self.name}: architecture.{key} is required")
+            heads = self.architecture["num_attention_heads"]
+            kv_heads = self.architecture.get("num_key_value_heads", heads)
+            _require(heads % kv_heads == 0, f"model {self.name}: num_attention_heads must be a multiple of num_key_value_heads")
+            _require(self.architecture["hidden_size"] % heads == 0, f"model {self.name}: hidden_size must divide by num_attention_heads")
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    name: str
+    weight_bits: int
+
+    def __post_init__(self):
+        _require(self.name in PRECISIONS, f"unknown precision {self.name!r}; canonical names: {PRECISIONS}")
+        _require(self.weight_bits in (4, 8, 16, 32), f"precision {self.name}: weight_bits must be 4, 8, 16 or 32")
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    name: str = "default"
+    input_tokens: int = 64
+    output_tokens: int = 32
+    num_requests: int = 8
+    warmup_requests: int = 2
+    repeats: int = 3
+    seed: int = 0
+    timeout_s: float = 600.0
+
+    def __post_init__(self):
+        _require(self.input_tokens >= 1, f"workload.input_tokens must be >= 1, got {self.input_tokens}")
+        # TPOT needs at least two tokens: (e2e - ttft) / (output_tokens - 1)
+        _require(self.output_tokens >= 2, f"workload.output_tokens must be >= 2, got {self.output_tokens}")
+        _require(self.num_requests >= 1, f"workload.num_requests must be >= 1, got {self.num_requests}")
+        _require(self.warmup_requests >= 0, f"workload.warmup_requests must be >= 0, got {self.warmup_requests}")
+        _require(self.repeats >= 1, f"workload.repeats must be >= 1, got {self.repeats}")
+        _require(self.timeout_s > 0, f"workload.timeout_s must be > 0, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    name: str = "auto"
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """One benchmark cell: an engine instance (engine x model x precision) at a batch size."""
+
+    engine: EngineConfig
+    model: ModelConfig
+    precision: PrecisionConfig
+    workload: WorkloadConfig
+    hardware: HardwareConfig
+    batch_size: int = 1
+    out_dir: str = "results/single-cell"
+    models_dir: str = "models"
+
+    def __post_init__(self):
+        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        total_len = self.workload.input_tokens + self.workload.output_tokens
+        max_len = self.model.architecture.get("max_position_embeddings")
+        _require(
+            max_len is None or total_len <= max_len,
+            f"input_tokens + output_tokens = {total_len} exceeds model {self.model.name}'s "
+            f"max_position_embeddings ({max_len})",
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CellConfig:
+        values = dict(values)
+        sections = {
+            "engine": EngineConfig,
+            "model": ModelConfig,
+            "precision": PrecisionConfig,
+            "workload": WorkloadConfig,
+            "hardware": HardwareConfig,
+        }
+        for key, section_cls in sections.items():
+            _require(key in values, f"config has no {key} section")
+            values[key] = _build(section_cls, key, values[key])
+        return _build(cls, "top-level", values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def engine_precision(self) -> str | None:
+        """What the engine is really asked for at this cell's precision (None: unsupported)."""
+        return self.engine.precisions.get(self.precision.name)

@@ -1,0 +1,1 @@
+"""Engine adapters behind one interface (base.Engine), looked up by name in registry."""

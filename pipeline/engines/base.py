@@ -1,0 +1,93 @@
+"""The interface every engine adapter implements, and what one request's timing looks like."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pipeline.config import CellConfig
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine's library cannot be imported in this environment."""
+
+
+@dataclass
+class RequestResult:
+    """One request as the measuring process saw it; all times from time.perf_counter()."""
+
+    t_send: float
+    chunk_times: list[float] = field(default_factory=list)  # one per chunk carrying output tokens
+    chunk_tokens: list[int] = field(default_factory=list)  # tokens in each chunk
+    output_tokens: int | None = None  # the engine's own count
+    text: str = ""
+    success: bool = True
+    error: str = ""
+
+
+class Engine(ABC):
+    """One engine instance: load once, then generate batches of token-id prompts.
+
+    Subclasses keep their library's import inside load() so that planning, testing and
+    reporting never need the engine installed.
+    """
+
+    # The import name and the distribution name differ for some engines
+    # (llama_cpp vs llama-cpp-python); the version comes from the distribution.
+    import_name: ClassVar[str]
+    distribution: ClassVar[str]
+    env_file: ClassVar[str]
+
+    def __init__(self, cfg: CellConfig, max_batch_size: int, threads: int | None):
+        self.cfg = cfg
+        self.max_batch_size = max_batch_size
+        self.threads = threads
+
+    def require(self):
+        """Import the engine's library, or say which environment provides it."""
+        try:
+            return importlib.import_module(self.import_name)
+        except ImportError as exc:
+            raise EngineUnavailable(
+                f"{self.import_name} is not installed ({exc}); create the environment in {self.env_file} "
+                f"(see README: one environment per engine)"
+            ) from exc
+
+    def version(self) -> str:
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    @abstractmethod
+    def load(self) -> None:
+        """Start the engine: load weights, compile, allocate caches."""
+
+    @abstractmethod
+    def generate(self, prompts: list[list[int]], output_tokens: int) -> list[RequestResult]:
+        """Submit the prompts together; each must produce exactly output_tokens tokens."""
+
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Prompts draw token ids below this."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Re-tokenize output text with the model's tokenizer (output_tokens_retok)."""
+
+    def reset_peak_memory(self) -> None:
+        from pipeline.memory import reset_peak_rss
+
+        reset_peak_rss()
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        """(bytes, what was measured): resident memory on a CPU, device memory on a GPU."""
+        from pipeline.memory import peak_rss_bytes
+
+        return peak_rss_bytes(), "rss"
+
+    def close(self) -> None:
+        """Release the engine; the process exits right after, so this may be a no-op."""

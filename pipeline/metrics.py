@@ -1,0 +1,123 @@
+"""Per-request records -> per-cell figures. The DESIGN glossary, in one place.
+
+ttft_s   request sent -> first chunk carrying output tokens
+e2e_s    request sent -> last token received
+tpot_s   (e2e_s - ttft_s) / (output_tokens - 1)
+itl_s    every gap between consecutive chunks (pooled over requests)
+ms_per_10_words  10000 * sum(e2e_s) / sum(words)   (the notebook's metric; never the headline)
+output_tok_s     all output tokens / measured window
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from pipeline.engines.base import RequestResult
+
+PERCENTILES = (50, 90, 99)
+DISTRIBUTIONS = ("ttft_s", "tpot_s", "e2e_s", "itl_s")
+
+
+def request_record(result: RequestResult, count_tokens: Callable[[str], int], input_tokens: int) -> dict:
+    """One row of requests.csv; metrics that were not measured stay None, never 0."""
+    record = {
+        "success": result.success,
+        "error": result.error,
+        "input_tokens": input_tokens,
+        "output_tokens": result.output_tokens,
+        "output_tokens_retok": None,
+        "chunks": len(result.chunk_times),
+        "tokens_per_chunk": None,
+        "ttft_s": None,
+        "e2e_s": None,
+        "tpot_s": None,
+        "itl_s": "[]",
+        "words": None,
+        "t_send": result.t_send,
+        "t_end": None,
+    }
+    if not result.success or not result.chunk_times:
+        record["success"] = False
+        record["error"] = result.error or "no output tokens received"
+        return record
+    first, last = result.chunk_times[0], result.chunk_times[-1]
+    gaps = [b - a for a, b in zip(result.chunk_times, result.chunk_times[1:])]
+    tokens = result.output_tokens if result.output_tokens is not None else sum(result.chunk_tokens)
+    record.update(
+        output_tokens=tokens,
+        output_tokens_retok=count_tokens(result.text),
+        tokens_per_chunk=tokens / len(result.chunk_times),
+        ttft_s=first - result.t_send,
+        e2e_s=last - result.t_send,
+        tpot_s=(last - first) / (tokens - 1) if tokens > 1 else None,
+        itl_s=json.dumps(gaps),
+        words=len(result.text.split()),
+        t_end=last,
+    )
+    return record
+
+
+def _stats(name: str, values: list[float]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {f"{name}_mean": None, **{f"{name}_p{p}": None for p in PERCENTILES}}
+    if values:
+        array = np.asarray(values, dtype=float)
+        out[f"{name}_mean"] = float(array.mean())
+        for p in PERCENTILES:
+            out[f"{name}_p{p}"] = float(np.percentile(array, p))
+    return out
+
+
+def measured_window(records: Iterable[dict]) -> float | None:
+    """First request sent -> last token received, over successful requests."""
+    ok = [r for r in records if r["success"]]
+    if not ok:
+        return None
+    return max(r["t_end"] for r in ok) - min(r["t_send"] for r in ok)
+
+
+def summarize(records: list[dict]) -> dict[str, float | int | None]:
+    """Per-cell figures from the measured requests (records carry a `repeat` column)."""
+    ok = [r for r in records if r["success"]]
+    figures: dict[str, float | int | None] = {
+        "requests": len(records),
+        "requests_ok": len(ok),
+        "requests_failed": len(records) - len(ok),
+    }
+    for name in ("ttft_s", "tpot_s", "e2e_s"):
+        figures.update(_stats(name, [r[name] for r in ok if r[name] is not None]))
+    figures.update(_stats("itl_s", [gap for r in ok for gap in json.loads(r["itl_s"])]))
+
+    tokens = [r["output_tokens"] for r in ok]
+    figures["output_tokens"] = statistics.fmean(tokens) if tokens else None
+    figures["output_tokens_total"] = sum(tokens)
+    retok = [r["output_tokens_retok"] for r in ok if r["output_tokens_retok"] is not None]
+    figures["output_tokens_retok"] = statistics.fmean(retok) if retok else None
+    figures["tokens_per_chunk"] = statistics.fmean(r["tokens_per_chunk"] for r in ok) if ok else None
+
+    # Throughput per repeat (each repeat's own window), then over all repeats.
+    per_repeat = []
+    total_window = 0.0
+    for repeat in sorted({r["repeat"] for r in records}):
+        rows = [r for r in ok if r["repeat"] == repeat]
+        window = measured_window(rows)
+        if window:
+            per_repeat.append(sum(r["output_tokens"] for r in rows) / window)
+            total_window += window
+    figures["output_tok_s"] = sum(tokens) / total_window if total_window else None
+    figures["req_s"] = len(ok) / total_window if total_window else None
+    figures["output_tok_s_repeats"] = json.dumps(per_repeat)
+    figures["output_tok_s_spread"] = (
+        (max(per_repeat) - min(per_repeat)) / statistics.median(per_repeat) if len(per_repeat) > 1 else None
+    )
+    words = sum(r["words"] for r in ok)
+    figures["ms_per_10_words"] = 10_000 * sum(r["e2e_s"] for r in ok) / words if words else None
+    return figures
+
+
+def is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,50 @@
+"""The engine process: load one engine instance, then measure cells on request.
+
+It talks to its supervisor (pipeline.instance) over a pipe, so that a hang, a crash or
+an out-of-memory kill in the engine costs one cell, never the supervisor or other cells.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+from pipeline.config import CellConfig
+from pipeline.environment import describe_hardware
+
+
+def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> None:
+    # Own process group: the supervisor can kill the engine and any helper processes it
+    # spawned (vLLM, servers) with one signal.
+    os.setpgrp()
+    from pipeline.engines.registry import engine_class
+    from pipeline.measure import measure_cell
+
+    def progress(message: str) -> None:
+        print(f"[engine pid {os.getpid()}] {message}", file=sys.stderr, flush=True)
+
+    cfg = CellConfig.from_dict(cell_values)
+    try:
+        started = time.perf_counter()
+        engine = engine_class(cfg.engine.name)(cfg, max_batch_size, threads)
+        engine.load()
+        load_s = time.perf_counter() - started
+    except Exception as exc:  # any failure to start is reported, not raised
+        conn.send(("load_failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        return
+    progress(f"{cfg.engine.name} {engine.version()} loaded {cfg.model.name} "
+             f"({cfg.precision.name} -> {cfg.engine_precision}) in {load_s:.1f}s")
+    conn.send(("ready", {"load_s": load_s, "engine_version": engine.version(), "hardware": describe_hardware()}))
+
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            break
+        cell = CellConfig.from_dict(message[1])
+        try:
+            conn.send(("done", measure_cell(engine, cell, progress)))
+        except Exception as exc:  # an OOM at one batch size must not end the others
+            conn.send(("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    engine.close()

@@ -1,0 +1,128 @@
+"""What the Snakefile needs, kept out of it: --config -> plan -> the jobs still to run.
+
+A job is one engine instance with the batch sizes that still need measuring. Finished
+cells (status ok or unsupported, measured with the same overrides) are no job's output,
+so a re-run never touches them; a failed, timed-out or stale cell is. Its rule's params
+carry a token that changes with every attempt, so Snakemake's params trigger re-runs it
+even though its previous summary.json exists.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.compose import check_overrides, to_override
+from pipeline.config import ConfigError
+from pipeline.planner import Cell, Instance, Plan, PlanError, load_plan
+from pipeline.results import FINAL, read_summary, summary_path
+
+RESERVED_KEYS = ("matrix",)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def split_config(config: dict[str, Any]) -> tuple[str, list[str]]:
+    """Snakemake's --config: `matrix` picks the matrix; every other key is a Hydra override."""
+    matrix = str(config.get("matrix", "default"))
+    rest = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
+    return matrix, [to_override(key, value) for key, value in _flatten(rest).items()]
+
+
+@dataclass(frozen=True)
+class InstanceJob:
+    instance: Instance
+    batch_sizes: tuple[int, ...]  # the pending ones only
+    state: str  # changes whenever a pending cell's previous attempt changes
+    outputs: tuple[str, ...]
+    model_input: str | None  # the materialized synthetic model this instance loads
+
+
+@dataclass(frozen=True)
+class Schedule:
+    plan: Plan
+    results_dir: Path
+    models_dir: str
+    synthetic_models: tuple[str, ...]
+    jobs: tuple[InstanceJob, ...]
+    cell_states: dict[Cell, str]
+
+    def summaries(self) -> list[str]:
+        return [str(summary_path(self.results_dir, cell)) for cell in self.plan.cells]
+
+    def describe(self) -> str:
+        counts = Counter(state.split(":")[0] for state in self.cell_states.values())
+        parts = [f"{n} {label}" for label, n in (
+            ("done", counts["done"]), ("new", counts["new"]), ("to retry", counts["retry"]),
+            ("stale (settings changed)", counts["stale"])) if n]
+        unsupported = sum(1 for cell in self.plan.cells if cell.instance in self.plan.unsupported)
+        text = (f"matrix {self.plan.name}: {len(self.plan.cells)} cells in {len(self.plan.instances())} "
+                f"engine instances; {', '.join(parts)}; {len(self.jobs)} instance job(s) to run")
+        if unsupported:
+            text += f"; {unsupported} cell(s) unsupported by their engine (recorded, not run)"
+        return text
+
+
+def cell_state(summary: dict | None, overrides: tuple[str, ...]) -> str:
+    if summary is None:
+        return "new"
+    if summary.get("status") in FINAL:
+        return "done" if summary.get("overrides") == list(overrides) else "stale"
+    # The attempt's finishing time makes the token unique per attempt.
+    return f"retry:{summary.get('status')}@{summary.get('finished_at')}"
+
+
+def schedule(plan: Plan, results_dir: Path, conf_dir: Path) -> Schedule:
+    """Validate the plan's settings, then find which cells each instance still has to measure."""
+    models: dict[str, Any] = {}
+    for model in sorted({cell.model for cell in plan.cells}):
+        try:
+            models[model] = check_overrides([*plan.overrides, f"model={model}"], conf_dir)
+        except ConfigError as exc:
+            raise PlanError(str(exc)) from None
+    models_dir = next(iter(models.values())).models_dir
+    synthetic = tuple(m for m, cfg in models.items() if cfg.model.synthetic and not cfg.model.path)
+
+    states = {cell: cell_state(read_summary(summary_path(results_dir, cell)), plan.overrides) for cell in plan.cells}
+    jobs = []
+    for instance in plan.instances():
+        pending = tuple(bs for bs in instance.batch_sizes
+                        if states[Cell(instance.engine, instance.model, instance.precision, bs)] != "done")
+        if not pending:
+            continue
+        cells = [Cell(instance.engine, instance.model, instance.precision, bs) for bs in pending]
+        jobs.append(InstanceJob(
+            instance=instance,
+            batch_sizes=pending,
+            state=";".join(f"bs{c.batch_size}={states[c]}" for c in cells),
+            outputs=tuple(str(summary_path(results_dir, c)) for c in cells),
+            model_input=(f"{models_dir}/{instance.model}/config.json"
+                         if instance.model in synthetic and instance.unsupported is None else None),
+        ))
+    return Schedule(plan, results_dir, models_dir, synthetic, tuple(jobs), states)
+
+
+def load_schedule(config: dict[str, Any], conf_dir: Path, results_root: str = "results") -> Schedule:
+    """--config -> Schedule; a PlanError ends the workflow with its message, before any job runs."""
+    matrix, overrides = split_config(config)
+    try:
+        plan = load_plan(matrix, conf_dir, overrides)
+        return schedule(plan, Path(results_root) / plan.name, conf_dir)
+    except PlanError as exc:
+        sys.exit(f"llm-infer-bench: {exc}")
+
+
+def model_overrides(overrides: tuple[str, ...]) -> list[str]:
+    """The overrides that shape a materialized model (model.*)."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~").startswith("model.")]
