@@ -15,9 +15,10 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
+from pipeline.compose import CONF_DIR
 from pipeline.workflow import load_schedule
 
-SCHEDULE = load_schedule(config, conf_dir=os.path.join(workflow.basedir, "conf"))
+SCHEDULE = load_schedule(config, conf_dir=CONF_DIR)
 RESULTS = str(SCHEDULE.results_dir)
 print(SCHEDULE.describe(), file=sys.stderr)
 

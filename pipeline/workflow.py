@@ -9,6 +9,7 @@ even though its previous summary.json exists.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pipeline.config import ConfigError
 from pipeline.planner import Cell, Instance, Plan, PlanError, load_plan
 from pipeline.results import FINAL, read_summary, summary_path
 
-RESERVED_KEYS = ("matrix",)
+RESERVED_KEYS = ("matrix", "overrides")
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -34,10 +35,18 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def split_config(config: dict[str, Any]) -> tuple[str, list[str]]:
-    """Snakemake's --config: `matrix` picks the matrix; every other key is a Hydra override."""
+    """Snakemake's --config -> (matrix name, Hydra overrides for every cell).
+
+    Snakemake refuses dotted keys (`--config workload.output_tokens=32`), so a setting
+    below the top level is given either Hydra-style in `overrides="k=v k=v"` or nested,
+    `workload="{output_tokens: 32}"`; every other key is a top-level override.
+    """
     matrix = str(config.get("matrix", "default"))
     rest = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
-    return matrix, [to_override(key, value) for key, value in _flatten(rest).items()]
+    overrides = [to_override(key, value) for key, value in _flatten(rest).items()]
+    extra = config.get("overrides") or []
+    overrides += shlex.split(extra) if isinstance(extra, str) else [str(o) for o in extra]
+    return matrix, overrides
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+import dataclasses
+
+import pytest
+
+from pipeline.compose import check_overrides, compose_cell, to_override
+from pipeline.config import CellConfig, ConfigError, WorkloadConfig
+
+
+def test_default_config_composes_into_dataclasses():
+    cfg = compose_cell([])
+    assert isinstance(cfg, CellConfig)
+    assert (cfg.engine.name, cfg.model.name, cfg.precision.name) == ("hf", "tiny-llama", "bf16")
+    assert cfg.engine_precision == "bfloat16"
+
+
+def test_overrides_reach_the_dataclasses():
+    cfg = compose_cell(["model=small-llama", "precision=fp32", "batch_size=8", "workload.output_tokens=5"])
+    assert cfg.model.architecture["hidden_size"] == 768
+    assert cfg.engine_precision == "float32"
+    assert cfg.batch_size == 8 and cfg.workload.output_tokens == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["workload.output_token=3"], "unknown setting 'workload.output_token': workload has no 'output_token'; "
+                                      "valid there: input_tokens, name, num_requests, output_tokens"),
+        (["engin.device=cpu"], "the top level has no 'engin'"),
+        (["workload.output_tokens=1"], "workload.output_tokens must be >= 2"),
+        (["workload.repeats=0"], "workload.repeats must be >= 1"),
+        (["batch_size=0"], "batch_size must be an integer >= 1"),
+        (["model=tiny-llama", "workload.input_tokens=4000"], "exceeds model tiny-llama's max_position_embeddings"),
+        (["model=no-such-model"], "cannot compose"),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(overrides, message):
+    with pytest.raises(ConfigError) as excinfo:
+        check_overrides(overrides)
+    assert message in str(excinfo.value)
+
+
+def test_unknown_section_key_names_the_valid_ones():
+    values = dataclasses.asdict(compose_cell([]))
+    values["workload"]["warmup"] = 3
+    with pytest.raises(ConfigError, match=r"unknown workload setting\(s\) \['warmup'\]; valid: .*'warmup_requests'"):
+        CellConfig.from_dict(values)
+
+
+def test_engine_reports_unsupported_precision_with_what_it_supports():
+    engine = compose_cell([]).engine
+    assert engine.unsupported_reason("bf16") is None
+    assert engine.unsupported_reason("int4") == "precision int4 is not supported by engine hf (supported: fp32, bf16, fp16)"
+
+
+def test_workload_defaults_are_valid():
+    assert WorkloadConfig().output_tokens >= 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(32, "k=32"), (0.5, "k=0.5"), (True, "k=true"), (None, "k=null"), ("hf", "k=hf"),
+     ("a/b-c_d.e", "k=a/b-c_d.e"), ("cuda:1", "k='cuda:1'"), ("it's", "k='it\\'s'")],
+)
+def test_to_override_quotes_what_hydra_would_misread(value, expected):
+    assert to_override("k", value) == expected
+
+
+def test_quoted_override_round_trips_through_hydra():
+    cfg = compose_cell([to_override("engine.device", "cuda:1")])
+    assert cfg.engine.device == "cuda:1"

@@ -1,0 +1,121 @@
+"""The real snakemake CLI on a small matrix: cells -> CSVs, re-runs, and planning errors."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_snakemake, write_matrix
+
+pytestmark = pytest.mark.workflow
+
+MATRIX = """
+engine: [hf]
+model: [tiny-llama]
+precision: [fp32, bf16, int4]
+batch_size: [1, 3]
+overrides:
+  workload.input_tokens: 12
+  workload.output_tokens: 6
+  workload.num_requests: 4
+  workload.repeats: 2
+  workload.warmup_requests: 1
+"""
+
+
+def summary(results, cell_id):
+    return json.loads((results / cell_id / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, models_dir):
+    workdir = tmp_path_factory.mktemp("workflow")
+    matrix = write_matrix(workdir, "wf", MATRIX)
+    run = run_snakemake(workdir, "--cores", "2", "--config", f"matrix={matrix}", f"models_dir={models_dir}")
+    return workdir, matrix, run
+
+
+def test_every_cell_becomes_a_row(first_run):
+    workdir, _, run = first_run
+    assert run.returncode == 0, run.stderr
+    cells = pd.read_csv(workdir / "results/wf/cells.csv")
+    assert len(cells) == 6
+    assert cells.set_index("cell_id")["status"].to_dict() == {
+        "hf/tiny-llama/bf16/bs1": "ok", "hf/tiny-llama/bf16/bs3": "ok",
+        "hf/tiny-llama/fp32/bs1": "ok", "hf/tiny-llama/fp32/bs3": "ok",
+        "hf/tiny-llama/int4/bs1": "unsupported", "hf/tiny-llama/int4/bs3": "unsupported",
+    }
+    ok = cells[cells.status == "ok"]
+    assert (ok.output_tokens == 6).all() and (ok.output_tokens_target == 6).all()
+    assert (ok.ttft_s_p50 < ok.e2e_s_p50).all() and (ok.tpot_s_p50 > 0).all()
+    assert (ok.output_tok_s > 0).all() and (ok.load_s > 0).all() and (ok.peak_mem_bytes > 0).all()
+    assert set(ok.engine_precision) == {"float32", "bfloat16"}
+    unsupported = cells[cells.status == "unsupported"]
+    assert unsupported.error.str.contains("precision int4 is not supported by engine hf").all()
+    assert "6 cells (4 ok, 2 unsupported)" in run.stderr
+
+
+def test_requests_csv_has_one_row_per_measured_request(first_run):
+    workdir, _, _ = first_run
+    requests = pd.read_csv(workdir / "results/wf/requests.csv")
+    per_cell = requests.groupby("cell_id").size().to_dict()
+    # 2 repeats x 4 requests; at batch 3 that is 2 waves of 3 = 6 per repeat
+    assert per_cell == {"hf/tiny-llama/bf16/bs1": 8, "hf/tiny-llama/bf16/bs3": 12,
+                        "hf/tiny-llama/fp32/bs1": 8, "hf/tiny-llama/fp32/bs3": 12}
+    assert (requests.output_tokens == 6).all() and (requests.input_tokens == 12).all()
+    assert (requests.ttft_s < requests.e2e_s).all() and requests.success.all()
+    assert (requests.chunks == 6).all()
+
+
+def test_one_engine_start_per_instance_not_per_cell(first_run):
+    workdir, _, _ = first_run
+    for precision in ("fp32", "bf16"):
+        instance = json.loads((workdir / f"results/wf/hf/tiny-llama/{precision}/instance.json").read_text())
+        assert instance["engine_starts"] == 1 and instance["batch_sizes"] == [1, 3]
+
+
+def test_rerun_keeps_finished_cells_and_retries_failed_ones(first_run, models_dir):
+    workdir, matrix, _ = first_run
+    results = workdir / "results/wf"
+    before = {c: summary(results, c)["finished_at"] for c in ("hf/tiny-llama/fp32/bs1", "hf/tiny-llama/bf16/bs3")}
+    args = ("--cores", "2", "--config", f"matrix={matrix}", f"models_dir={models_dir}")
+
+    again = run_snakemake(workdir, *args)
+    assert again.returncode == 0 and "Nothing to be done" in again.stderr + again.stdout
+
+    # as if bs3 of bf16 had crashed last time
+    failed = summary(results, "hf/tiny-llama/bf16/bs3")
+    failed.update(status="error", error="the engine process died", metrics={}, finished_at="earlier")
+    (results / "hf/tiny-llama/bf16/bs3/summary.json").write_text(json.dumps(failed))
+    retry = run_snakemake(workdir, *args)
+    assert retry.returncode == 0, retry.stderr
+    assert "1 to retry" in retry.stderr
+    assert summary(results, "hf/tiny-llama/bf16/bs3")["status"] == "ok"
+    assert summary(results, "hf/tiny-llama/bf16/bs3")["finished_at"] != before["hf/tiny-llama/bf16/bs3"]
+    assert summary(results, "hf/tiny-llama/fp32/bs1")["finished_at"] == before["hf/tiny-llama/fp32/bs1"]
+    assert summary(results, "hf/tiny-llama/bf16/bs1")["engine_start"] == 1
+    cells = pd.read_csv(results / "cells.csv")
+    assert (cells.status != "error").all()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (["matrix=nope"], "unknown matrix 'nope'; valid matrix names: default"),
+        (["matrix=smoke", "overrides=workload.output_token=3"],
+         "unknown setting 'workload.output_token': workload has no 'output_token'"),
+        (["matrix=smoke", "workload={output_tokens: 0}"], "workload.output_tokens must be >= 2"),
+    ],
+)
+def test_planning_errors_stop_before_any_job(tmp_path, config, message):
+    run = run_snakemake(tmp_path, "--cores", "1", "--config", *config)
+    assert run.returncode != 0
+    assert message in run.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_typo_in_a_matrix_file_names_the_valid_values(tmp_path):
+    matrix = write_matrix(tmp_path, "typo", MATRIX.replace("tiny-llama", "tiny-lama"))
+    run = run_snakemake(tmp_path, "-n", "--config", f"matrix={matrix}")
+    assert run.returncode != 0
+    assert "unknown model 'tiny-lama' (did you mean 'tiny-llama'?)" in run.stderr
