@@ -36,11 +36,10 @@ def main(cfg: DictConfig) -> None:
         from pipeline.models import materialize, model_dir
 
         if not (model_dir(cell_cfg.model, cell_cfg.models_dir) / "config.json").exists():
-            materialize(cell_cfg.model, cell_cfg.models_dir)
+            materialize(cell_cfg.model, model_dir(cell_cfg.model, cell_cfg.models_dir))
     # Every command-line override except the cell's own axes applies, as in a workflow.
     axes = ("engine", "model", "precision", "batch_size", "out_dir", "models_dir")
-    overrides = [o for o in HydraConfig.get().overrides.task
-                 if o.split("=", 1)[0] not in axes]
+    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in axes]
     cell = Cell(cell_cfg.engine.name, cell_cfg.model.name, cell_cfg.precision.name, cell_cfg.batch_size)
     out_dir = Path(cell_cfg.out_dir)
     overrides.append(to_override("models_dir", cell_cfg.models_dir))

@@ -18,9 +18,26 @@ from pipeline.results import FINAL, STATUSES, read_summary
 AXIS_COLUMNS = ["engine", "model", "precision", "batch_size"]
 LEAD_COLUMNS = ["cell_id", *AXIS_COLUMNS, "status", "error"]
 META_COLUMNS = [
-    "engine_version", "engine_precision", "load_s", "warmup_s", "measure_s", "cell_wall_s", "overhead_s",
-    "engine_start", "peak_mem_bytes", "peak_mem_kind", "hardware", "cpu", "gpu", "git_sha", "finished_at",
-    "input_tokens", "output_tokens_target", "num_requests", "repeats", "overrides",
+    "engine_version",
+    "engine_precision",
+    "load_s",
+    "warmup_s",
+    "measure_s",
+    "cell_wall_s",
+    "overhead_s",
+    "engine_start",
+    "peak_mem_bytes",
+    "peak_mem_kind",
+    "hardware",
+    "cpu",
+    "gpu",
+    "git_sha",
+    "finished_at",
+    "input_tokens",
+    "output_tokens_target",
+    "num_requests",
+    "repeats",
+    "overrides",
 ]
 
 

@@ -69,6 +69,8 @@ def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> CellConf
                 if part not in node:
                     where = ".".join(key.split(".")[:depth]) or "the top level"
                     valid = ", ".join(sorted(node))
-                    raise ConfigError(f"unknown setting {key!r}: {where} has no {part!r}; valid there: {valid}") from None
+                    raise ConfigError(
+                        f"unknown setting {key!r}: {where} has no {part!r}; valid there: {valid}"
+                    ) from None
                 node = node[part]
         raise

@@ -49,7 +49,10 @@ class EngineConfig:
         _require(bool(self.name), "engine.name must not be empty")
         _require(self.mode in ENGINE_MODES, f"engine.mode must be one of {ENGINE_MODES}, got {self.mode!r}")
         bad = sorted(set(self.precisions) - set(PRECISIONS))
-        _require(not bad, f"engine {self.name}: unknown precision(s) {bad} in engine.precisions; canonical names: {PRECISIONS}")
+        _require(
+            not bad,
+            f"engine {self.name}: unknown precision(s) {bad} in engine.precisions; canonical names: {PRECISIONS}",
+        )
         _require(self.threads is None or self.threads >= 1, f"engine.threads must be >= 1 or null, got {self.threads}")
         _require(self.load_timeout_s > 0, "engine.load_timeout_s must be > 0")
 
@@ -82,8 +85,14 @@ class ModelConfig:
                 _require(key in self.architecture, f"synthetic model {self.name}: architecture.{key} is required")
             heads = self.architecture["num_attention_heads"]
             kv_heads = self.architecture.get("num_key_value_heads", heads)
-            _require(heads % kv_heads == 0, f"model {self.name}: num_attention_heads must be a multiple of num_key_value_heads")
-            _require(self.architecture["hidden_size"] % heads == 0, f"model {self.name}: hidden_size must divide by num_attention_heads")
+            _require(
+                heads % kv_heads == 0,
+                f"model {self.name}: num_attention_heads must be a multiple of num_key_value_heads",
+            )
+            _require(
+                self.architecture["hidden_size"] % heads == 0,
+                f"model {self.name}: hidden_size must divide by num_attention_heads",
+            )
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,10 @@ class CellConfig:
     models_dir: str = "models"
 
     def __post_init__(self):
-        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        _require(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            f"batch_size must be an integer >= 1, got {self.batch_size!r}",
+        )
         total_len = self.workload.input_tokens + self.workload.output_tokens
         max_len = self.model.architecture.get("max_position_embeddings")
         _require(

@@ -1,7 +1,7 @@
 """One engine instance (engine x model x precision) measuring every batch size asked of it.
 
-    python -m pipeline.instance --results-dir results/default --engine hf --model tiny-llama \
-        --precision bf16 --batch-sizes 1,4 [-- workload.output_tokens=16 ...]
+    python -m pipeline.instance --engine hf --model tiny-llama --precision bf16 --batch-sizes 1,4 \
+        --summaries DIR/bs1/summary.json DIR/bs4/summary.json [-- workload.output_tokens=16 ...]
 
 This process is a light supervisor: it composes each cell's config, starts the engine in
 a child process (pipeline.worker), hands it one batch size at a time with the cell's
@@ -14,25 +14,26 @@ any exit, so nothing is left holding a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.config import CellConfig, ConfigError
 from pipeline.environment import describe_hardware, git_sha
 from pipeline.metrics import summarize
 from pipeline.planner import Cell
+from pipeline.results import ERROR, OK, TIMEOUT, UNSUPPORTED, write_cell, write_json
 from pipeline.worker import serve
-from pipeline.results import ERROR, OK, TIMEOUT, UNSUPPORTED, cell_dir, write_cell, write_json
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _log(message: str) -> None:
@@ -56,11 +57,9 @@ class _EngineProcess:
 def _kill_group(process: multiprocessing.Process) -> None:
     if process.pid is None:
         return
-    for target in (lambda s: os.killpg(process.pid, s), lambda s: os.kill(process.pid, s)):
-        try:
-            target(signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    for kill in (os.killpg, os.kill):  # the group first: helpers the engine spawned go too
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(process.pid, signal.SIGKILL)
     process.join(timeout=10)
 
 
@@ -84,8 +83,14 @@ def _receive(conn, process, timeout_s: float, what: str):
 
 
 class InstanceRunner:
-    def __init__(self, cells: list[Cell], out_dirs: dict[int, Path], configs: dict[int, CellConfig | str],
-                 overrides: list[str], threads: int | None):
+    def __init__(
+        self,
+        cells: list[Cell],
+        out_dirs: dict[int, Path],
+        configs: dict[int, CellConfig | str],
+        overrides: list[str],
+        threads: int | None,
+    ):
         self.cells = cells
         self.out_dirs = out_dirs
         self.configs = configs
@@ -153,11 +158,17 @@ class InstanceRunner:
 
     def _write(self, cell: Cell, summary: dict, records: list[dict] = ()) -> None:
         write_cell(self.out_dirs[cell.batch_size], summary, list(records))
-        self.cell_reports.append({k: summary.get(k) for k in (
-            "cell_id", "status", "load_s", "warmup_s", "measure_s", "cell_wall_s", "engine_start")})
+        self.cell_reports.append(
+            {
+                k: summary.get(k)
+                for k in ("cell_id", "status", "load_s", "warmup_s", "measure_s", "cell_wall_s", "engine_start")
+            }
+        )
         detail = summary["error"] or (
-            f"TPOT p50 {summary['metrics']['tpot_s_p50'] * 1e3:.2f} ms, "
-            f"{summary['metrics']['output_tok_s']:.1f} tok/s" if summary["status"] == OK else "")
+            f"TPOT p50 {summary['metrics']['tpot_s_p50'] * 1e3:.2f} ms, {summary['metrics']['output_tok_s']:.1f} tok/s"
+            if summary["status"] == OK
+            else ""
+        )
         _log(f"{cell.cell_id}: {summary['status']} {detail}")
 
     def run(self, process_started: float) -> None:
@@ -183,16 +194,28 @@ class InstanceRunner:
                     self.startup_overhead_s = time.perf_counter() - process_started - self.engine.load_s
                 cell_started = time.perf_counter()
             self.engine.conn.send(("run", cfg.to_dict()))
-            message = _receive(self.engine.conn, self.engine.process, cfg.workload.timeout_s,
-                               f"cell {cell.cell_id}")
+            message = _receive(self.engine.conn, self.engine.process, cfg.workload.timeout_s, f"cell {cell.cell_id}")
         except EngineFailure as failure:
             self.kill_engine()
-            self._write(cell, self._summary(cell, cfg, failure.status, str(failure), hardware=describe_hardware(),
-                                            engine_start=self.engine_starts))
+            self._write(
+                cell,
+                self._summary(
+                    cell,
+                    cfg,
+                    failure.status,
+                    str(failure),
+                    hardware=describe_hardware(),
+                    engine_start=self.engine_starts,
+                ),
+            )
             return
         engine = self.engine
-        common = dict(engine_version=engine.engine_version, hardware=engine.hardware, load_s=engine.load_s,
-                      engine_start=self.engine_starts)
+        common = dict(
+            engine_version=engine.engine_version,
+            hardware=engine.hardware,
+            load_s=engine.load_s,
+            engine_start=self.engine_starts,
+        )
         if message[0] == "failed":
             _log(message[2])
             self._write(cell, self._summary(cell, cfg, ERROR, message[1], **common))
@@ -203,10 +226,24 @@ class InstanceRunner:
         metrics = summarize(result["records"])
         status = OK if metrics["requests_failed"] == 0 else ERROR
         error = "" if status == OK else f"{metrics['requests_failed']} of {metrics['requests']} requests failed"
-        self._write(cell, self._summary(
-            cell, cfg, status, error, metrics=metrics, warmup_s=result["warmup_s"], measure_s=result["measure_s"],
-            cell_wall_s=cell_wall_s, overhead_s=overhead_s, peak_mem_bytes=result["peak_mem_bytes"],
-            peak_mem_kind=result["peak_mem_kind"], **common), result["records"])
+        self._write(
+            cell,
+            self._summary(
+                cell,
+                cfg,
+                status,
+                error,
+                metrics=metrics,
+                warmup_s=result["warmup_s"],
+                measure_s=result["measure_s"],
+                cell_wall_s=cell_wall_s,
+                overhead_s=overhead_s,
+                peak_mem_bytes=result["peak_mem_bytes"],
+                peak_mem_kind=result["peak_mem_kind"],
+                **common,
+            ),
+            result["records"],
+        )
 
 
 def compose_cells(cells: list[Cell], overrides: list[str], out_dirs: dict[int, Path]) -> dict[int, CellConfig | str]:
@@ -215,8 +252,13 @@ def compose_cells(cells: list[Cell], overrides: list[str], out_dirs: dict[int, P
 
     configs: dict[int, CellConfig | str] = {}
     for cell in cells:
-        axes = [f"engine={cell.engine}", f"model={cell.model}", f"precision={cell.precision}",
-                f"batch_size={cell.batch_size}", to_override("out_dir", str(out_dirs[cell.batch_size]))]
+        axes = [
+            f"engine={cell.engine}",
+            f"model={cell.model}",
+            f"precision={cell.precision}",
+            f"batch_size={cell.batch_size}",
+            to_override("out_dir", str(out_dirs[cell.batch_size])),
+        ]
         try:
             configs[cell.batch_size] = compose_cell([*overrides, *axes])
         except ConfigError as exc:
@@ -237,28 +279,43 @@ def _process_start_time() -> float:
 def main(argv: list[str] | None = None) -> int:
     process_started = _process_start_time()
     parser = argparse.ArgumentParser(prog="python -m pipeline.instance", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results-dir", required=True, type=Path, help="results/<matrix>")
     parser.add_argument("--engine", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--precision", required=True)
     parser.add_argument("--batch-sizes", required=True, help="comma-separated, e.g. 1,4,16")
+    parser.add_argument(
+        "--summaries", required=True, nargs="+", type=Path, help="each batch size's summary.json, in the same order"
+    )
     parser.add_argument("--threads", type=int, default=None, help="engine threads (default: engine.threads)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every cell")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every cell (after --)")
     args = parser.parse_args(argv)
     try:
-        sizes = sorted({int(s) for s in args.batch_sizes.split(",")})
+        sizes = [int(s) for s in args.batch_sizes.split(",")]
     except ValueError:
         parser.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+    if len(sizes) != len(args.summaries) or len(set(sizes)) != len(sizes):
+        parser.error("give one --summaries path per batch size, and each batch size once")
     cells = [Cell(args.engine, args.model, args.precision, bs) for bs in sizes]
-
-    out_dirs = {cell.batch_size: cell_dir(args.results_dir, cell) for cell in cells}
-    run_instance(cells, out_dirs, list(args.overrides), args.threads, process_started,
-                 instance_dir=out_dirs[sizes[0]].parent)
+    out_dirs = {bs: path.parent for bs, path in zip(sizes, args.summaries, strict=True)}
+    run_instance(
+        cells,
+        out_dirs,
+        list(args.overrides),
+        args.threads,
+        process_started,
+        instance_dir=args.summaries[0].parent.parent,
+    )
     return 0
 
 
-def run_instance(cells: list[Cell], out_dirs: dict[int, Path], overrides: list[str], threads: int | None,
-                 process_started: float, instance_dir: Path | None = None) -> InstanceRunner:
+def run_instance(
+    cells: list[Cell],
+    out_dirs: dict[int, Path],
+    overrides: list[str],
+    threads: int | None,
+    process_started: float,
+    instance_dir: Path | None = None,
+) -> InstanceRunner:
     """Measure every cell of one engine instance; write each cell's result and instance.json."""
     configs = compose_cells(cells, overrides, out_dirs)
     first = next((c for c in configs.values() if isinstance(c, CellConfig)), None)
@@ -279,13 +336,20 @@ def run_instance(cells: list[Cell], out_dirs: dict[int, Path], overrides: list[s
         runner.kill_engine()
     if instance_dir is not None:
         cell = cells[0]
-        write_json(instance_dir / "instance.json", {
-            "engine": cell.engine, "model": cell.model, "precision": cell.precision,
-            "batch_sizes": [c.batch_size for c in cells], "engine_starts": runner.engine_starts,
-            "startup_overhead_s": runner.startup_overhead_s,
-            "process_wall_s": time.perf_counter() - process_started, "cells": runner.cell_reports,
-            "finished_at": _now(),
-        })
+        write_json(
+            instance_dir / "instance.json",
+            {
+                "engine": cell.engine,
+                "model": cell.model,
+                "precision": cell.precision,
+                "batch_sizes": [c.batch_size for c in cells],
+                "engine_starts": runner.engine_starts,
+                "startup_overhead_s": runner.startup_overhead_s,
+                "process_wall_s": time.perf_counter() - process_started,
+                "cells": runner.cell_reports,
+                "finished_at": _now(),
+            },
+        )
     return runner
 
 

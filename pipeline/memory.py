@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from pathlib import Path
 
 
 def reset_peak_rss() -> None:
     # Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each cell gets its own peak.
-    try:
+    with contextlib.suppress(OSError):  # then the peak is the process's lifetime peak
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # then the peak is the process's lifetime peak
 
 
 def peak_rss_bytes() -> int | None:

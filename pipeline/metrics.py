@@ -46,7 +46,7 @@ def request_record(result: RequestResult, count_tokens: Callable[[str], int], in
         record["error"] = result.error or "no output tokens received"
         return record
     first, last = result.chunk_times[0], result.chunk_times[-1]
-    gaps = [b - a for a, b in zip(result.chunk_times, result.chunk_times[1:])]
+    gaps = [b - a for a, b in zip(result.chunk_times, result.chunk_times[1:], strict=False)]
     tokens = result.output_tokens if result.output_tokens is not None else sum(result.chunk_tokens)
     record.update(
         output_tokens=tokens,

@@ -4,7 +4,7 @@ Speed does not depend on weight values, so a random model of the right shape mea
 what a real one would. The tokenizer is a byte-level BPE trained here on a seeded
 pseudo-text corpus (GPT-2 pre-tokenization, so llama.cpp's "gpt2" tokenizer can match it).
 
-    python -m pipeline.models tiny-llama [model.seed=1 ...]
+    python -m pipeline.models tiny-llama --into models/tiny-llama [model.seed=1 ...]
 """
 
 from __future__ import annotations
@@ -41,8 +41,43 @@ def model_source(model: ModelConfig, models_dir: str | Path = "models") -> str:
 def _pseudo_corpus(seed: int, n_words: int = 400_000) -> list[str]:
     """Seeded pseudo-English lines: varied enough for a BPE of tens of thousands of merges."""
     rng = random.Random(seed)
-    onsets = ["", "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
-              "bl", "br", "ch", "cl", "cr", "dr", "fl", "fr", "gr", "pl", "pr", "sh", "sl", "st", "th", "tr"]
+    onsets = [
+        "",
+        "b",
+        "c",
+        "d",
+        "f",
+        "g",
+        "h",
+        "j",
+        "k",
+        "l",
+        "m",
+        "n",
+        "p",
+        "r",
+        "s",
+        "t",
+        "v",
+        "w",
+        "z",
+        "bl",
+        "br",
+        "ch",
+        "cl",
+        "cr",
+        "dr",
+        "fl",
+        "fr",
+        "gr",
+        "pl",
+        "pr",
+        "sh",
+        "sl",
+        "st",
+        "th",
+        "tr",
+    ]
     vowels = ["a", "e", "i", "o", "u", "ai", "ea", "ee", "oo", "ou", "y"]
     codas = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ng", "ck", "x"]
     lexicon = [
@@ -79,14 +114,14 @@ def train_tokenizer(vocab_size: int, seed: int):
     return tokenizer
 
 
-def materialize(model: ModelConfig, models_dir: str | Path = "models") -> Path:
-    """Write the model's HF directory (safetensors + tokenizer) atomically; return its path."""
+def materialize(model: ModelConfig, target: str | Path) -> Path:
+    """Write the model's HF directory (safetensors + tokenizer) into target, atomically."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     if not model.synthetic:
         raise ValueError(f"model {model.name} is not synthetic; nothing to materialize")
-    target = model_dir(model, models_dir)
+    target = Path(target)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -104,21 +139,24 @@ def materialize(model: ModelConfig, models_dir: str | Path = "models") -> Path:
         tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     fast.save_pretrained(staging)
-    print(f"[models] {model.name}: tokenizer with {tokenizer.get_vocab_size()} tokens "
-          f"({missing if missing > 0 else 0} filler) in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    print(
+        f"[models] {model.name}: tokenizer with {tokenizer.get_vocab_size()} tokens "
+        f"({missing if missing > 0 else 0} filler) in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
 
     model_type = arch.pop("model_type")
-    config = AutoConfig.for_model(
-        model_type, **arch, bos_token_id=1, eos_token_id=2, pad_token_id=3, dtype="bfloat16"
-    )
+    config = AutoConfig.for_model(model_type, **arch, bos_token_id=1, eos_token_id=2, pad_token_id=3, dtype="bfloat16")
     torch.manual_seed(model.seed)
     started = time.perf_counter()
     hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     n_params = sum(p.numel() for p in hf_model.parameters())
     hf_model.save_pretrained(staging, safe_serialization=True)
     (staging / "synthetic.json").write_text(json.dumps({"name": model.name, "seed": model.seed, "params": n_params}))
-    print(f"[models] {model.name}: {n_params / 1e6:.1f}M params written in {time.perf_counter() - started:.1f}s",
-          file=sys.stderr)
+    print(
+        f"[models] {model.name}: {n_params / 1e6:.1f}M params written in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
 
     # Built aside and renamed: an interrupted build never leaves a half model in place.
     shutil.rmtree(target, ignore_errors=True)
@@ -131,16 +169,16 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.models",
-        description="Materialize a synthetic model (random weights + local tokenizer) into MODELS_DIR/NAME.",
+        description="Materialize a synthetic model (random weights + local tokenizer) into a directory.",
     )
     parser.add_argument("model", help="model name from conf/model/")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the model (model.seed=1 ...)")
-    parser.add_argument("--models-dir", default="models")
+    parser.add_argument("--into", type=Path, help="target directory (default: models/NAME)")
     args = parser.parse_args(argv)
     cfg = compose_cell([f"model={args.model}", *args.overrides])
     if not cfg.model.synthetic:
         parser.error(f"model {args.model} is not synthetic (hub id {cfg.model.hub_id}); set model.synthetic=true")
-    path = materialize(cfg.model, args.models_dir)
+    path = materialize(cfg.model, args.into or model_dir(cfg.model))
     print(path)
     return 0
 

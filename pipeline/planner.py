@@ -171,11 +171,15 @@ def plan_matrix(name: str, spec: dict[str, Any], catalog: Catalog, extra_overrid
 
     exclude = spec.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(rule, dict) and rule for rule in exclude):
-        raise PlanError(f"matrix {name}: exclude must be a list of non-empty mappings like {{engine: hf, batch_size: 16}}")
+        raise PlanError(
+            f"matrix {name}: exclude must be a list of non-empty mappings like {{engine: hf, batch_size: 16}}"
+        )
     for rule in exclude:
         for key, want in rule.items():
             if key not in AXES:
-                raise PlanError(f"matrix {name}: exclude rule {rule} uses {key!r}; exclude keys are the axes: {', '.join(AXES)}")
+                raise PlanError(
+                    f"matrix {name}: exclude rule {rule} uses {key!r}; exclude keys are the axes: {', '.join(AXES)}"
+                )
             for value in want if isinstance(want, list) else [want]:
                 if value not in axes[key]:
                     raise PlanError(
@@ -214,7 +218,9 @@ def matrix_path(matrix: str, conf_dir: Path) -> Path:
     path = Path(conf_dir) / "matrix" / f"{matrix}.yaml"
     if not path.is_file():
         valid = sorted(p.stem for p in (Path(conf_dir) / "matrix").glob("*.yaml"))
-        raise PlanError(f"unknown matrix {matrix!r}; valid matrix names: {', '.join(valid)} (or a path to a .yaml file)")
+        raise PlanError(
+            f"unknown matrix {matrix!r}; valid matrix names: {', '.join(valid)} (or a path to a .yaml file)"
+        )
     return path
 
 

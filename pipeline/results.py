@@ -15,8 +15,23 @@ STATUSES = (OK, UNSUPPORTED, ERROR, TIMEOUT)
 FINAL = (OK, UNSUPPORTED)  # re-running the workflow retries every other status
 
 REQUEST_COLUMNS = (
-    "repeat", "wave", "request", "success", "error", "input_tokens", "output_tokens", "output_tokens_retok",
-    "chunks", "tokens_per_chunk", "ttft_s", "tpot_s", "e2e_s", "itl_s", "words", "t_send", "t_end",
+    "repeat",
+    "wave",
+    "request",
+    "success",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "output_tokens_retok",
+    "chunks",
+    "tokens_per_chunk",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "itl_s",
+    "words",
+    "t_send",
+    "t_end",
 )
 
 

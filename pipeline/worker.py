@@ -34,8 +34,10 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
     except Exception as exc:  # any failure to start is reported, not raised
         conn.send(("load_failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
-    progress(f"{cfg.engine.name} {engine.version()} loaded {cfg.model.name} "
-             f"({cfg.precision.name} -> {cfg.engine_precision}) in {load_s:.1f}s")
+    progress(
+        f"{cfg.engine.name} {engine.version()} loaded {cfg.model.name} "
+        f"({cfg.precision.name} -> {cfg.engine_precision}) in {load_s:.1f}s"
+    )
     conn.send(("ready", {"load_s": load_s, "engine_version": engine.version(), "hardware": describe_hardware()}))
 
     while True:

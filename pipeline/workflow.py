@@ -72,12 +72,21 @@ class Schedule:
 
     def describe(self) -> str:
         counts = Counter(state.split(":")[0] for state in self.cell_states.values())
-        parts = [f"{n} {label}" for label, n in (
-            ("done", counts["done"]), ("new", counts["new"]), ("to retry", counts["retry"]),
-            ("stale (settings changed)", counts["stale"])) if n]
+        parts = [
+            f"{n} {label}"
+            for label, n in (
+                ("done", counts["done"]),
+                ("new", counts["new"]),
+                ("to retry", counts["retry"]),
+                ("stale (settings changed)", counts["stale"]),
+            )
+            if n
+        ]
         unsupported = sum(1 for cell in self.plan.cells if cell.instance in self.plan.unsupported)
-        text = (f"matrix {self.plan.name}: {len(self.plan.cells)} cells in {len(self.plan.instances())} "
-                f"engine instances; {', '.join(parts)}; {len(self.jobs)} instance job(s) to run")
+        text = (
+            f"matrix {self.plan.name}: {len(self.plan.cells)} cells in {len(self.plan.instances())} "
+            f"engine instances; {', '.join(parts)}; {len(self.jobs)} instance job(s) to run"
+        )
         if unsupported:
             text += f"; {unsupported} cell(s) unsupported by their engine (recorded, not run)"
         return text
@@ -106,19 +115,27 @@ def schedule(plan: Plan, results_dir: Path, conf_dir: Path) -> Schedule:
     states = {cell: cell_state(read_summary(summary_path(results_dir, cell)), plan.overrides) for cell in plan.cells}
     jobs = []
     for instance in plan.instances():
-        pending = tuple(bs for bs in instance.batch_sizes
-                        if states[Cell(instance.engine, instance.model, instance.precision, bs)] != "done")
+        pending = tuple(
+            bs
+            for bs in instance.batch_sizes
+            if states[Cell(instance.engine, instance.model, instance.precision, bs)] != "done"
+        )
         if not pending:
             continue
         cells = [Cell(instance.engine, instance.model, instance.precision, bs) for bs in pending]
-        jobs.append(InstanceJob(
-            instance=instance,
-            batch_sizes=pending,
-            state=";".join(f"bs{c.batch_size}={states[c]}" for c in cells),
-            outputs=tuple(str(summary_path(results_dir, c)) for c in cells),
-            model_input=(f"{models_dir}/{instance.model}/config.json"
-                         if instance.model in synthetic and instance.unsupported is None else None),
-        ))
+        jobs.append(
+            InstanceJob(
+                instance=instance,
+                batch_sizes=pending,
+                state=";".join(f"bs{c.batch_size}={states[c]}" for c in cells),
+                outputs=tuple(str(summary_path(results_dir, c)) for c in cells),
+                model_input=(
+                    f"{models_dir}/{instance.model}/config.json"
+                    if instance.model in synthetic and instance.unsupported is None
+                    else None
+                ),
+            )
+        )
     return Schedule(plan, results_dir, models_dir, synthetic, tuple(jobs), states)
 
 
@@ -135,3 +152,14 @@ def load_schedule(config: dict[str, Any], conf_dir: Path, results_root: str = "r
 def model_overrides(overrides: tuple[str, ...]) -> list[str]:
     """The overrides that shape a materialized model (model.*)."""
     return [o for o in overrides if o.split("=", 1)[0].lstrip("+~").startswith("model.")]
+
+
+def python_command(workflow) -> str:
+    """How jobs start Python with the `pipeline` package importable from any workdir.
+
+    Without conda, the interpreter running Snakemake (a venv need not be activated);
+    with --sdm conda, the `python` that the rule's environment puts first on PATH.
+    """
+    methods = {m.name for m in workflow.deployment_settings.deployment_method}
+    python = "python" if "CONDA" in methods else shlex.quote(sys.executable)
+    return f"PYTHONPATH={shlex.quote(workflow.basedir)} {python}"

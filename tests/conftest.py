@@ -16,7 +16,7 @@ def models_dir(tmp_path_factory) -> Path:
     from pipeline.compose import compose_cell
     from pipeline.models import materialize
 
-    materialize(compose_cell(["model=tiny-llama"]).model, path)
+    materialize(compose_cell(["model=tiny-llama"]).model, path / "tiny-llama")
     return path
 
 

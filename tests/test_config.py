@@ -23,8 +23,11 @@ def test_overrides_reach_the_dataclasses():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["workload.output_token=3"], "unknown setting 'workload.output_token': workload has no 'output_token'; "
-                                      "valid there: input_tokens, name, num_requests, output_tokens"),
+        (
+            ["workload.output_token=3"],
+            "unknown setting 'workload.output_token': workload has no 'output_token'; "
+            "valid there: input_tokens, name, num_requests, output_tokens",
+        ),
         (["engin.device=cpu"], "the top level has no 'engin'"),
         (["workload.output_tokens=1"], "workload.output_tokens must be >= 2"),
         (["workload.repeats=0"], "workload.repeats must be >= 1"),
@@ -49,7 +52,10 @@ def test_unknown_section_key_names_the_valid_ones():
 def test_engine_reports_unsupported_precision_with_what_it_supports():
     engine = compose_cell([]).engine
     assert engine.unsupported_reason("bf16") is None
-    assert engine.unsupported_reason("int4") == "precision int4 is not supported by engine hf (supported: fp32, bf16, fp16)"
+    assert (
+        engine.unsupported_reason("int4")
+        == "precision int4 is not supported by engine hf (supported: fp32, bf16, fp16)"
+    )
 
 
 def test_workload_defaults_are_valid():
@@ -58,8 +64,16 @@ def test_workload_defaults_are_valid():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(32, "k=32"), (0.5, "k=0.5"), (True, "k=true"), (None, "k=null"), ("hf", "k=hf"),
-     ("a/b-c_d.e", "k=a/b-c_d.e"), ("cuda:1", "k='cuda:1'"), ("it's", "k='it\\'s'")],
+    [
+        (32, "k=32"),
+        (0.5, "k=0.5"),
+        (True, "k=true"),
+        (None, "k=null"),
+        ("hf", "k=hf"),
+        ("a/b-c_d.e", "k=a/b-c_d.e"),
+        ("cuda:1", "k='cuda:1'"),
+        ("it's", "k='it\\'s'"),
+    ],
 )
 def test_to_override_quotes_what_hydra_would_misread(value, expected):
     assert to_override("k", value) == expected

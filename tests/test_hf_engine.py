@@ -31,9 +31,17 @@ def test_batched_generation_times_every_request(engine):
 
 
 def test_measure_cell_records_each_measured_request(engine, models_dir):
-    cell = compose_cell([f"models_dir={models_dir}", "batch_size=3", "workload.input_tokens=10",
-                         "workload.output_tokens=5", "workload.num_requests=4", "workload.repeats=2",
-                         "workload.warmup_requests=1"])
+    cell = compose_cell(
+        [
+            f"models_dir={models_dir}",
+            "batch_size=3",
+            "workload.input_tokens=10",
+            "workload.output_tokens=5",
+            "workload.num_requests=4",
+            "workload.repeats=2",
+            "workload.warmup_requests=1",
+        ]
+    )
     result = measure_cell(engine, cell, progress=lambda message: None)
     records = result["records"]
     # 4 requests in waves of 3 -> 2 waves = 6 requests per repeat; warmup excluded

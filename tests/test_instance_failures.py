@@ -17,10 +17,11 @@ import pytest
 pytestmark = pytest.mark.engine
 
 
-def instance_command(results: Path, models_dir: Path, sizes: str, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.instance", "--results-dir", str(results), "--engine", "hf",
-            "--model", "tiny-llama", "--precision", "fp32", "--batch-sizes", sizes, "--threads", "1", "--",
-            f"models_dir={models_dir}", *overrides]
+def instance_command(results: Path, models_dir: Path, sizes: str, *overrides: str, precision="fp32") -> list[str]:
+    summaries = [str(results / f"hf/tiny-llama/{precision}/bs{bs}/summary.json") for bs in sizes.split(",")]
+    command = [sys.executable, "-m", "pipeline.instance", "--engine", "hf", "--model", "tiny-llama"]
+    command += ["--precision", precision, "--batch-sizes", sizes, "--summaries", *summaries, "--threads", "1"]
+    return [*command, "--", f"models_dir={models_dir}", *overrides]
 
 
 def summary(results: Path, bs: int) -> dict:
@@ -43,9 +44,18 @@ def engine_pids(log: str) -> list[int]:
 def test_a_cell_past_its_timeout_is_killed_and_the_next_gets_a_fresh_engine(tmp_path, models_dir):
     results = tmp_path / "results"
     run = subprocess.run(
-        instance_command(results, models_dir, "1,2", "workload.output_tokens=1500", "workload.input_tokens=8",
-                         "workload.timeout_s=1.5", "workload.warmup_requests=0"),
-        capture_output=True, text=True, timeout=300,
+        instance_command(
+            results,
+            models_dir,
+            "1,2",
+            "workload.output_tokens=1500",
+            "workload.input_tokens=8",
+            "workload.timeout_s=1.5",
+            "workload.warmup_requests=0",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     for bs in (1, 2):
@@ -62,9 +72,17 @@ def test_an_engine_killed_mid_cell_costs_that_cell_only(tmp_path, models_dir):
     log_path = tmp_path / "instance.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            instance_command(results, models_dir, "1,2", "workload.output_tokens=400", "workload.num_requests=2",
-                             "workload.repeats=1", "workload.warmup_requests=0"),
-            stdout=log, stderr=subprocess.STDOUT,
+            instance_command(
+                results,
+                models_dir,
+                "1,2",
+                "workload.output_tokens=400",
+                "workload.num_requests=2",
+                "workload.repeats=1",
+                "workload.warmup_requests=0",
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
         while "loaded tiny-llama" not in log_path.read_text():
@@ -84,8 +102,12 @@ def test_an_engine_killed_mid_cell_costs_that_cell_only(tmp_path, models_dir):
 
 def test_an_engine_that_cannot_start_fails_every_cell_with_its_reason(tmp_path, models_dir):
     results = tmp_path / "results"
-    run = subprocess.run(instance_command(results, models_dir, "1,4", "engine.device=warp_drive"),
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        instance_command(results, models_dir, "1,4", "engine.device=warp_drive"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     for bs in (1, 4):
         result = summary(results, bs)
@@ -97,8 +119,12 @@ def test_an_engine_that_cannot_start_fails_every_cell_with_its_reason(tmp_path, 
 
 def test_an_invalid_cell_config_is_an_error_row_not_a_crash(tmp_path, models_dir):
     results = tmp_path / "results"
-    run = subprocess.run(instance_command(results, models_dir, "1", "workload.output_tokens=1"),
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        instance_command(results, models_dir, "1", "workload.output_tokens=1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     result = summary(results, 1)
     assert result["status"] == "error"
@@ -107,8 +133,7 @@ def test_an_invalid_cell_config_is_an_error_row_not_a_crash(tmp_path, models_dir
 
 def test_unsupported_precision_starts_no_engine(tmp_path, models_dir):
     results = tmp_path / "results"
-    command = instance_command(results, models_dir, "1,8")
-    command[command.index("fp32")] = "int4"
+    command = instance_command(results, models_dir, "1,8", precision="int4")
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     for bs in (1, 8):

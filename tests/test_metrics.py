@@ -13,8 +13,9 @@ def count_words_as_tokens(text):
 
 def test_request_record_follows_the_glossary():
     # sent at 10.0; chunks at 10.5, 10.6, 10.8 carrying 1, 2 and 1 tokens
-    result = RequestResult(t_send=10.0, chunk_times=[10.5, 10.6, 10.8], chunk_tokens=[1, 2, 1],
-                           output_tokens=4, text="one two three")
+    result = RequestResult(
+        t_send=10.0, chunk_times=[10.5, 10.6, 10.8], chunk_tokens=[1, 2, 1], output_tokens=4, text="one two three"
+    )
     record = request_record(result, count_words_as_tokens, input_tokens=7)
     assert record["ttft_s"] == pytest.approx(0.5)
     assert record["e2e_s"] == pytest.approx(0.8)
@@ -42,14 +43,28 @@ def test_no_tokens_is_a_failure_not_a_zero():
 
 
 def _record(repeat, t_send, ttft, e2e, tokens=5, words=2):
-    return {"success": True, "repeat": repeat, "t_send": t_send, "t_end": t_send + e2e, "ttft_s": ttft,
-            "e2e_s": e2e, "tpot_s": (e2e - ttft) / (tokens - 1), "itl_s": json.dumps([0.1] * (tokens - 1)),
-            "output_tokens": tokens, "output_tokens_retok": tokens, "tokens_per_chunk": 1.0, "words": words}
+    return {
+        "success": True,
+        "repeat": repeat,
+        "t_send": t_send,
+        "t_end": t_send + e2e,
+        "ttft_s": ttft,
+        "e2e_s": e2e,
+        "tpot_s": (e2e - ttft) / (tokens - 1),
+        "itl_s": json.dumps([0.1] * (tokens - 1)),
+        "output_tokens": tokens,
+        "output_tokens_retok": tokens,
+        "tokens_per_chunk": 1.0,
+        "words": words,
+    }
 
 
 def test_summary_throughput_and_percentiles():
-    records = [_record(0, 0.0, 0.1, 1.0), _record(0, 1.0, 0.3, 1.0),  # repeat 0: window 0..2 s, 10 tokens
-               _record(1, 5.0, 0.2, 0.5)]                              # repeat 1: window 0.5 s, 5 tokens
+    records = [
+        _record(0, 0.0, 0.1, 1.0),
+        _record(0, 1.0, 0.3, 1.0),  # repeat 0: window 0..2 s, 10 tokens
+        _record(1, 5.0, 0.2, 0.5),
+    ]  # repeat 1: window 0.5 s, 5 tokens
     records.append({**_record(1, 5.0, 0, 0), "success": False, "ttft_s": None, "e2e_s": None})
     figures = summarize(records)
     assert figures["requests"] == 4 and figures["requests_ok"] == 3 and figures["requests_failed"] == 1

@@ -16,8 +16,12 @@ CATALOG = Catalog(
 
 
 def spec(**changes):
-    base = {"engine": ["hf"], "model": ["tiny-llama", "small-llama"], "precision": ["fp32", "bf16"],
-            "batch_size": [1, 4, 16]}
+    base = {
+        "engine": ["hf"],
+        "model": ["tiny-llama", "small-llama"],
+        "precision": ["fp32", "bf16"],
+        "batch_size": [1, 4, 16],
+    }
     base.update(changes)
     return base
 
@@ -85,8 +89,12 @@ def test_unsupported_precision_is_known_at_planning_time():
 
 
 def test_overrides_from_matrix_then_command_line():
-    plan = plan_matrix("m", spec(overrides={"workload.output_tokens": 64, "engine.device": "cuda:1"}), CATALOG,
-                       extra_overrides=["workload.output_tokens=8"])
+    plan = plan_matrix(
+        "m",
+        spec(overrides={"workload.output_tokens": 64, "engine.device": "cuda:1"}),
+        CATALOG,
+        extra_overrides=["workload.output_tokens=8"],
+    )
     assert plan.overrides == ("workload.output_tokens=64", "engine.device='cuda:1'", "workload.output_tokens=8")
 
 

@@ -11,8 +11,12 @@ from tests.conftest import CONF
 def test_config_matrix_and_overrides():
     # as Snakemake hands them over for
     #   --config matrix=smoke models_dir=m workload="{seed: 3}" overrides="workload.output_tokens=16 engine.device=cpu"
-    config = {"matrix": "smoke", "models_dir": "m", "workload": {"seed": "3"},
-              "overrides": "workload.output_tokens=16 engine.device=cpu"}
+    config = {
+        "matrix": "smoke",
+        "models_dir": "m",
+        "workload": {"seed": "3"},
+        "overrides": "workload.output_tokens=16 engine.device=cpu",
+    }
     matrix, overrides = split_config(config)
     assert matrix == "smoke"
     assert overrides == ["models_dir=m", "workload.seed=3", "workload.output_tokens=16", "engine.device=cpu"]
@@ -42,8 +46,10 @@ def test_schedule_keeps_finished_cells_and_reruns_the_rest(tmp_path):
     results = tmp_path / "results" / "smoke"
     bs1, bs2 = (Cell("hf", "tiny-llama", "bf16", bs) for bs in (1, 2))
     write_json(results / "hf/tiny-llama/bf16/bs1/summary.json", {"status": "ok", "overrides": list(plan.overrides)})
-    write_json(results / "hf/tiny-llama/bf16/bs2/summary.json",
-               {"status": "error", "overrides": list(plan.overrides), "finished_at": "T"})
+    write_json(
+        results / "hf/tiny-llama/bf16/bs2/summary.json",
+        {"status": "error", "overrides": list(plan.overrides), "finished_at": "T"},
+    )
     sched = schedule(plan, results, CONF)
     assert sched.cell_states == {bs1: "done", bs2: "retry:error@T"}
     (job,) = sched.jobs
@@ -53,8 +59,10 @@ def test_schedule_keeps_finished_cells_and_reruns_the_rest(tmp_path):
     assert "1 done" in sched.describe() and "1 to retry" in sched.describe()
 
     # the next attempt fails again: a new token, so Snakemake's params trigger re-runs it
-    write_json(results / "hf/tiny-llama/bf16/bs2/summary.json",
-               {"status": "error", "overrides": list(plan.overrides), "finished_at": "T+1"})
+    write_json(
+        results / "hf/tiny-llama/bf16/bs2/summary.json",
+        {"status": "error", "overrides": list(plan.overrides), "finished_at": "T+1"},
+    )
     assert schedule(plan, results, CONF).jobs[0].state != job.state
 
 
@@ -62,6 +70,7 @@ def test_schedule_has_no_job_when_everything_is_done(tmp_path):
     plan = load_plan("smoke", CONF)
     results = tmp_path / "smoke"
     for bs in (1, 2):
-        write_json(results / f"hf/tiny-llama/bf16/bs{bs}/summary.json",
-                   {"status": "ok", "overrides": list(plan.overrides)})
+        write_json(
+            results / f"hf/tiny-llama/bf16/bs{bs}/summary.json", {"status": "ok", "overrides": list(plan.overrides)}
+        )
     assert schedule(plan, results, CONF).jobs == ()

@@ -41,9 +41,12 @@ def test_every_cell_becomes_a_row(first_run):
     cells = pd.read_csv(workdir / "results/wf/cells.csv")
     assert len(cells) == 6
     assert cells.set_index("cell_id")["status"].to_dict() == {
-        "hf/tiny-llama/bf16/bs1": "ok", "hf/tiny-llama/bf16/bs3": "ok",
-        "hf/tiny-llama/fp32/bs1": "ok", "hf/tiny-llama/fp32/bs3": "ok",
-        "hf/tiny-llama/int4/bs1": "unsupported", "hf/tiny-llama/int4/bs3": "unsupported",
+        "hf/tiny-llama/bf16/bs1": "ok",
+        "hf/tiny-llama/bf16/bs3": "ok",
+        "hf/tiny-llama/fp32/bs1": "ok",
+        "hf/tiny-llama/fp32/bs3": "ok",
+        "hf/tiny-llama/int4/bs1": "unsupported",
+        "hf/tiny-llama/int4/bs3": "unsupported",
     }
     ok = cells[cells.status == "ok"]
     assert (ok.output_tokens == 6).all() and (ok.output_tokens_target == 6).all()
@@ -60,8 +63,12 @@ def test_requests_csv_has_one_row_per_measured_request(first_run):
     requests = pd.read_csv(workdir / "results/wf/requests.csv")
     per_cell = requests.groupby("cell_id").size().to_dict()
     # 2 repeats x 4 requests; at batch 3 that is 2 waves of 3 = 6 per repeat
-    assert per_cell == {"hf/tiny-llama/bf16/bs1": 8, "hf/tiny-llama/bf16/bs3": 12,
-                        "hf/tiny-llama/fp32/bs1": 8, "hf/tiny-llama/fp32/bs3": 12}
+    assert per_cell == {
+        "hf/tiny-llama/bf16/bs1": 8,
+        "hf/tiny-llama/bf16/bs3": 12,
+        "hf/tiny-llama/fp32/bs1": 8,
+        "hf/tiny-llama/fp32/bs3": 12,
+    }
     assert (requests.output_tokens == 6).all() and (requests.input_tokens == 12).all()
     assert (requests.ttft_s < requests.e2e_s).all() and requests.success.all()
     assert (requests.chunks == 6).all()
@@ -102,8 +109,10 @@ def test_rerun_keeps_finished_cells_and_retries_failed_ones(first_run, models_di
     ("config", "message"),
     [
         (["matrix=nope"], "unknown matrix 'nope'; valid matrix names: default"),
-        (["matrix=smoke", "overrides=workload.output_token=3"],
-         "unknown setting 'workload.output_token': workload has no 'output_token'"),
+        (
+            ["matrix=smoke", "overrides=workload.output_token=3"],
+            "unknown setting 'workload.output_token': workload has no 'output_token'",
+        ),
         (["matrix=smoke", "workload={output_tokens: 0}"], "workload.output_tokens must be >= 2"),
     ],
 )

@@ -89,5 +89,5 @@ class Engine(ABC):
 
         return peak_rss_bytes(), "rss"
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Release the engine; the process exits right after, so this may be a no-op."""

@@ -14,7 +14,7 @@ rule collect:
     conda:
         "../../envs/hf.yaml"
     shell:
-        "python -m pipeline.collect --cells {output.cells} --requests {output.requests} {input} > {log} 2>&1"
+        f"{PYTHON} -m pipeline.collect --cells {{output.cells}} --requests {{output.requests}} {{input}} > {{log}} 2>&1"
 
 
 onsuccess:

@@ -1,6 +1,5 @@
 import shlex
 
-
 # One job per engine instance (engine x model x precision): one process loads the engine
 # once and measures every pending batch size, each into its own cell directory.
 # A CPU benchmark job takes all the cores it is given, so cells never share cores.
@@ -13,6 +12,11 @@ for job in SCHEDULE.jobs:
             [job.model_input] if job.model_input else [],
         output:
             job.outputs,
+        log:
+            f"{RESULTS}/logs/{job.instance.key}.log",
+        conda:
+            f"../../envs/{job.instance.engine}.yaml"
+        threads: workflow.cores or 1
         params:
             state=job.state,
             batch_sizes=",".join(map(str, job.batch_sizes)),
@@ -20,12 +24,7 @@ for job in SCHEDULE.jobs:
             model=job.instance.model,
             precision=job.instance.precision,
             overrides=" ".join(shlex.quote(o) for o in SCHEDULE.plan.overrides),
-        log:
-            f"{RESULTS}/logs/{job.instance.key}.log",
-        threads: workflow.cores or 1
-        conda:
-            f"../../envs/{job.instance.engine}.yaml"
         shell:
-            "python -m pipeline.instance --results-dir " + RESULTS + " --engine {params.engine}"
-            " --model {params.model} --precision {params.precision} --batch-sizes {params.batch_sizes}"
+            f"{PYTHON} -m pipeline.instance --engine {{params.engine}} --model {{params.model}}"
+            " --precision {params.precision} --batch-sizes {params.batch_sizes} --summaries {output}"
             " --threads {threads} -- {params.overrides} > {log} 2>&1"

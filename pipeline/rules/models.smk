@@ -5,12 +5,12 @@ from pipeline.workflow import model_overrides
 rule materialize_model:
     output:
         f"{SCHEDULE.models_dir}/{{model}}/config.json",
-    params:
-        overrides=" ".join(model_overrides(SCHEDULE.plan.overrides)),
-        models_dir=SCHEDULE.models_dir,
     log:
         f"{SCHEDULE.models_dir}/logs/{{model}}.log",
     conda:
         "../../envs/hf.yaml"
+    params:
+        overrides=" ".join(model_overrides(SCHEDULE.plan.overrides)),
     shell:
-        "python -m pipeline.models {wildcards.model} --models-dir {params.models_dir} {params.overrides} > {log} 2>&1"
+        f"{PYTHON} -m pipeline.models {{wildcards.model}} --into $(dirname {{output}}) {{params.overrides}}"
+        " > {log} 2>&1"
