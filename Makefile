@@ -10,6 +10,8 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e '.[test]'
+	# llm-analysis (the roofline cross-check) pins transformers<5: take it without its pins
+	$(PYTHON) -m pip install --quiet --no-deps 'llm-analysis==0.2.2'
 	touch $@
 
 setup: $(VENV)/.installed

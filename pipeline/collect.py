@@ -44,6 +44,7 @@ META_COLUMNS = [
 def cell_row(summary: dict) -> dict:
     row = {key: summary.get(key) for key in LEAD_COLUMNS}
     row.update(summary.get("metrics") or {})
+    row.update(summary.get("roofline") or {})
     for key in META_COLUMNS:
         if key in summary:
             row[key] = summary[key]

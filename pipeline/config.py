@@ -99,8 +99,11 @@ class ModelConfig:
 class PrecisionConfig:
     name: str
     weight_bits: int
+    bits_per_weight: float | None = None  # stored bits per weight with scales (Q4_0: 4.5)
+    kv_bytes: int = 2  # KV cache bytes per element
 
     def __post_init__(self):
+        _require(self.kv_bytes in (1, 2, 4), f"precision {self.name}: kv_bytes must be 1, 2 or 4")
         _require(self.name in PRECISIONS, f"unknown precision {self.name!r}; canonical names: {PRECISIONS}")
         _require(self.weight_bits in (4, 8, 16, 32), f"precision {self.name}: weight_bits must be 4, 8, 16 or 32")
 
@@ -128,7 +131,22 @@ class WorkloadConfig:
 
 @dataclass(frozen=True)
 class HardwareConfig:
+    """A datasheet entry (conf/hardware/), or `auto`: detect the machine and pick one."""
+
     name: str = "auto"
+    kind: str = "auto"  # auto | cpu | gpu
+    match: list[str] = field(default_factory=list)  # regexes on the detected device name
+    memory_bandwidth_gbs: float | None = None
+    peak_tflops: dict[str, float] = field(default_factory=dict)  # dense, per dtype
+    memory_gb: float | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        _require(self.kind in ("auto", "cpu", "gpu"), f"hardware.kind must be auto, cpu or gpu, got {self.kind!r}")
+        _require(
+            self.memory_bandwidth_gbs is None or self.memory_bandwidth_gbs > 0,
+            "hardware.memory_bandwidth_gbs must be > 0 or null",
+        )
 
 
 @dataclass(frozen=True)

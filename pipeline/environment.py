@@ -49,6 +49,7 @@ def _nvidia_smi_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
+@cache
 def describe_hardware() -> dict:
     """CPU always; the GPU too when torch is importable and sees one."""
     info = {

@@ -20,15 +20,18 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.compose import CONF_DIR
 from pipeline.config import CellConfig, ConfigError
 from pipeline.environment import describe_hardware, git_sha
 from pipeline.metrics import summarize
 from pipeline.planner import Cell
 from pipeline.results import ERROR, OK, TIMEOUT, UNSUPPORTED, write_cell, write_json
+from pipeline.roofline import cell_roofline, hardware_catalog, select_hardware
 from pipeline.worker import serve
 
 
@@ -49,9 +52,7 @@ class _EngineProcess:
     load_s: float
     engine_version: str
     hardware: dict
-
-    def kill(self) -> None:
-        _kill_group(self.process)
+    peaks: dict
 
 
 def _kill_group(process: multiprocessing.Process) -> None:
@@ -97,8 +98,10 @@ class InstanceRunner:
         self.overrides = overrides
         self.threads = threads
         self.engine: _EngineProcess | None = None
+        self._process: multiprocessing.Process | None = None  # tracked from its start, so it is always killed
         self.engine_starts = 0
         self.cell_reports: list[dict] = []
+        self.catalog = hardware_catalog(CONF_DIR)
         self.startup_overhead_s = 0.0
 
     # -- engine process -------------------------------------------------------------
@@ -109,45 +112,55 @@ class InstanceRunner:
         process = context.Process(target=serve, args=(child, cfg.to_dict(), max_bs, self.threads))
         started = time.perf_counter()
         process.start()
+        self._process = process
         child.close()  # so that the worker's death reads as EOF here
         self.engine_starts += 1
         _log(f"starting engine process {process.pid} ({cfg.engine.name}, {cfg.model.name}, {cfg.precision.name})")
-        try:
-            message = _receive(parent, process, cfg.engine.load_timeout_s, "engine start")
-        except EngineFailure:
-            _kill_group(process)
-            raise
+        message = _receive(parent, process, cfg.engine.load_timeout_s, "engine start")
         if message[0] != "ready":
-            _kill_group(process)
             raise EngineFailure(ERROR, f"engine failed to start: {message[1]}")
         info = message[1]
         _log(f"engine ready in {time.perf_counter() - started:.1f}s (load {info['load_s']:.1f}s)")
-        return _EngineProcess(process, parent, info["load_s"], info["engine_version"], info["hardware"])
+        return _EngineProcess(process, parent, info["load_s"], info["engine_version"], info["hardware"], info["peaks"])
 
     def _stop_engine(self) -> None:
-        if self.engine is None:
-            return
-        try:
-            self.engine.conn.send(("stop",))
-            self.engine.process.join(timeout=30)
-        except (OSError, BrokenPipeError):
-            pass
-        self.engine.kill()
-        self.engine = None
+        if self.engine is not None:
+            with contextlib.suppress(OSError):
+                self.engine.conn.send(("stop",))
+                self.engine.process.join(timeout=30)
+        self.kill_engine()
 
     def kill_engine(self) -> None:
-        if self.engine is not None:
-            self.engine.kill()
-            self.engine = None
+        if self._process is not None:
+            _kill_group(self._process)
+        self._process = self.engine = None
 
     # -- cells ------------------------------------------------------------------------
-    def _summary(self, cell: Cell, cfg: CellConfig | None, status: str, error: str = "", **extra) -> dict:
+    def _summary(
+        self,
+        cell: Cell,
+        cfg: CellConfig | None,
+        status: str,
+        error: str = "",
+        metrics: dict | None = None,
+        hardware: dict | None = None,
+        peaks: dict | None = None,
+        **extra,
+    ) -> dict:
+        metrics, hardware, peaks = metrics or {}, hardware or describe_hardware(), peaks or {}
+        roofline = {}
+        if cfg is not None:  # the floor is known even for a cell that failed
+            entry = select_hardware(cfg.hardware, hardware, self.catalog)
+            roofline = cell_roofline(cfg, entry, peaks, metrics.get("tpot_s_p50"), metrics.get("ttft_s_p50"))
         return {
             "cell_id": cell.cell_id,
             **cell.axes(),
             "status": status,
             "error": error,
-            "metrics": extra.pop("metrics", {}),
+            "metrics": metrics,
+            "roofline": roofline,
+            "peaks": peaks,
+            "hardware": hardware,
             "engine_precision": cfg.engine_precision if cfg else None,
             "overrides": self.overrides,
             "git_sha": git_sha(),
@@ -164,24 +177,29 @@ class InstanceRunner:
                 for k in ("cell_id", "status", "load_s", "warmup_s", "measure_s", "cell_wall_s", "engine_start")
             }
         )
-        detail = summary["error"] or (
-            f"TPOT p50 {summary['metrics']['tpot_s_p50'] * 1e3:.2f} ms, {summary['metrics']['output_tok_s']:.1f} tok/s"
-            if summary["status"] == OK
-            else ""
-        )
+        detail = summary["error"]
+        if summary["status"] == OK:
+            metrics, mbu = summary["metrics"], summary["roofline"].get("mbu_measured")
+            detail = f"TPOT p50 {metrics['tpot_s_p50'] * 1e3:.2f} ms, {metrics['output_tok_s']:.1f} tok/s"
+            detail += f", MBU {mbu:.0%} of the measured peak" if mbu is not None else ""
         _log(f"{cell.cell_id}: {summary['status']} {detail}")
 
     def run(self, process_started: float) -> None:
         for cell in self.cells:
             cfg = self.configs.get(cell.batch_size)
             if isinstance(cfg, str):  # the cell's config did not validate
-                self._write(cell, self._summary(cell, None, ERROR, cfg, hardware=describe_hardware()))
+                self._write(cell, self._summary(cell, None, ERROR, cfg))
                 continue
             reason = cfg.engine.unsupported_reason(cfg.precision.name)
             if reason:
-                self._write(cell, self._summary(cell, cfg, UNSUPPORTED, reason, hardware=describe_hardware()))
+                self._write(cell, self._summary(cell, cfg, UNSUPPORTED, reason))
                 continue
-            self._run_cell(cell, cfg, process_started)
+            try:
+                self._run_cell(cell, cfg, process_started)
+            except Exception as exc:  # a bug here must still leave every cell a record
+                _log(traceback.format_exc())
+                self.kill_engine()
+                self._write(cell, self._summary(cell, cfg, ERROR, f"internal error: {type(exc).__name__}: {exc}"))
         self._stop_engine()
 
     def _run_cell(self, cell: Cell, cfg: CellConfig, process_started: float) -> None:
@@ -204,7 +222,6 @@ class InstanceRunner:
                     cfg,
                     failure.status,
                     str(failure),
-                    hardware=describe_hardware(),
                     engine_start=self.engine_starts,
                 ),
             )
@@ -213,6 +230,7 @@ class InstanceRunner:
         common = dict(
             engine_version=engine.engine_version,
             hardware=engine.hardware,
+            peaks=engine.peaks,
             load_s=engine.load_s,
             engine_start=self.engine_starts,
         )

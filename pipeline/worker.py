@@ -38,7 +38,9 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
         f"{cfg.engine.name} {engine.version()} loaded {cfg.model.name} "
         f"({cfg.precision.name} -> {cfg.engine_precision}) in {load_s:.1f}s"
     )
-    conn.send(("ready", {"load_s": load_s, "engine_version": engine.version(), "hardware": describe_hardware()}))
+    hardware = describe_hardware()
+    peaks = _peaks(engine, hardware, threads, progress)
+    conn.send(("ready", {"load_s": load_s, "engine_version": engine.version(), "hardware": hardware, "peaks": peaks}))
 
     while True:
         message = conn.recv()
@@ -50,3 +52,22 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
         except Exception as exc:  # an OOM at one batch size must not end the others
             conn.send(("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     engine.close()
+
+
+def _peaks(engine, hardware: dict, threads: int | None, progress) -> dict:
+    """The machine's measured peaks on the engine's device (cached per machine); never fatal."""
+    target = engine.probe_target()
+    if target is None:
+        return {}
+    device, dtype = target
+    try:
+        from pipeline.probes import cached_peaks
+
+        peaks = cached_peaks(device, hardware.get("gpu") or hardware["cpu"], dtype, threads)
+    except Exception as exc:  # a failed probe costs the MBU column, not the cell
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    progress(
+        f"peaks on {device} ({'cached' if peaks['cached'] else 'measured'}): "
+        f"{peaks['bandwidth_gbs']:.1f} GB/s, {peaks['matmul_tflops']:.3f} TFLOP/s {dtype}"
+    )
+    return peaks

@@ -1,9 +1,14 @@
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Measured peaks are cached per machine; tests (and the engines they start) get their own cache.
+os.environ["LLM_BENCH_CACHE"] = tempfile.mkdtemp(prefix="llm-bench-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -53,6 +53,10 @@ def test_every_cell_becomes_a_row(first_run):
     assert (ok.ttft_s_p50 < ok.e2e_s_p50).all() and (ok.tpot_s_p50 > 0).all()
     assert (ok.output_tok_s > 0).all() and (ok.load_s > 0).all() and (ok.peak_mem_bytes > 0).all()
     assert set(ok.engine_precision) == {"float32", "bfloat16"}
+    # roofline: measured on this machine, and physically possible
+    assert (ok.peak_bandwidth_measured_gbs > 0).all() and (ok.bytes_per_step > 0).all()
+    assert ((ok.mbu_measured > 0) & (ok.mbu_measured <= 1)).all() and (ok.roofline_flag.isna()).all()
+    assert (cells.hardware_entry == "cpu").all()
     unsupported = cells[cells.status == "unsupported"]
     assert unsupported.error.str.contains("precision int4 is not supported by engine hf").all()
     assert "6 cells (4 ok, 2 unsupported)" in run.stderr

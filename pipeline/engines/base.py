@@ -78,6 +78,10 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         """Re-tokenize output text with the model's tokenizer (output_tokens_retok)."""
 
+    def probe_target(self) -> tuple[str, str] | None:
+        """(torch device, torch dtype) on which to measure the machine's peaks, or None."""
+        return None
+
     def reset_peak_memory(self) -> None:
         from pipeline.memory import reset_peak_rss
 

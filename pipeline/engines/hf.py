@@ -93,6 +93,9 @@ class HFEngine(Engine):
             )
         return results
 
+    def probe_target(self) -> tuple[str, str]:
+        return str(self.device), self.cfg.engine_precision
+
     def reset_peak_memory(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.reset_peak_memory_stats(self.device)
