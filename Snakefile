@@ -19,11 +19,17 @@ PYTHON = python_command(workflow)
 print(SCHEDULE.describe(), file=sys.stderr)
 
 
+wildcard_constraints:
+    model="[^/]+",
+
+
 rule all:
     input:
         f"{RESULTS}/cells.csv",
+        f"reports/{SCHEDULE.plan.name}/index.html",
 
 
 include: "pipeline/rules/models.smk"
 include: "pipeline/rules/measure.smk"
 include: "pipeline/rules/collect.smk"
+include: "pipeline/rules/report.smk"

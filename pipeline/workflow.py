@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.compose import check_overrides, to_override
 from pipeline.config import ConfigError, ModelConfig
-from pipeline.planner import Cell, Instance, Plan, PlanError, load_plan
+from pipeline.planner import Cell, EngineSpec, Instance, Plan, PlanError, load_plan, matrix_path
 from pipeline.results import FINAL, read_summary, summary_path
 
 RESERVED_KEYS = ("matrix", "overrides")
@@ -63,6 +63,7 @@ class InstanceJob:
 @dataclass(frozen=True)
 class Schedule:
     plan: Plan
+    matrix_file: Path
     results_dir: Path
     models_dir: str
     synthetic_models: tuple[str, ...]
@@ -84,7 +85,7 @@ class Schedule:
             )
             if n
         ]
-        unsupported = sum(1 for cell in self.plan.cells if cell.instance in self.plan.unsupported)
+        unsupported = len(self.plan.unsupported)
         text = (
             f"matrix {self.plan.name}: {len(self.plan.cells)} cells in {len(self.plan.instances())} "
             f"engine instances; {', '.join(parts)}; {len(self.jobs)} instance job(s) to run"
@@ -113,7 +114,7 @@ def _is_synthetic(model: str, composed: ModelConfig, overrides: tuple[str, ...],
     return bool(synthetic) and not path
 
 
-def schedule(plan: Plan, results_dir: Path, conf_dir: Path) -> Schedule:
+def schedule(plan: Plan, results_dir: Path, conf_dir: Path, matrix_file: Path | None = None) -> Schedule:
     """Validate the plan's settings, then find which cells each instance still has to measure."""
     # One composition validates every override (composing costs ~0.1 s: never once per cell).
     models = sorted({cell.model for cell in plan.cells})
@@ -141,14 +142,24 @@ def schedule(plan: Plan, results_dir: Path, conf_dir: Path) -> Schedule:
                 batch_sizes=pending,
                 state=";".join(f"bs{c.batch_size}={states[c]}" for c in cells),
                 outputs=tuple(str(summary_path(results_dir, c)) for c in cells),
-                model_input=(
-                    f"{models_dir}/{instance.model}/config.json"
-                    if instance.model in synthetic and instance.unsupported is None
-                    else None
-                ),
+                model_input=model_input(models_dir, instance, plan.engines[instance.engine])
+                if instance.model in synthetic
+                else None,
             )
         )
-    return Schedule(plan, results_dir, models_dir, synthetic, tuple(jobs), states)
+    matrix_file = matrix_file or Path(conf_dir) / "matrix" / f"{plan.name}.yaml"
+    return Schedule(plan, matrix_file, results_dir, models_dir, synthetic, tuple(jobs), states)
+
+
+def model_input(models_dir: str, instance: Instance, engine: EngineSpec) -> str | None:
+    """The file a synthetic model's instance loads, which the workflow materializes first."""
+    if not instance.runnable:
+        return None
+    if engine.model_format == "gguf":
+        return f"{models_dir}/{instance.model}/gguf/{engine.precisions[instance.precision]}.gguf"
+    if engine.model_format == "hf":
+        return f"{models_dir}/{instance.model}/config.json"
+    return None  # compiled MLC builds are not made here
 
 
 def load_schedule(config: dict[str, Any], conf_dir: Path, results_root: str = "results") -> Schedule:
@@ -156,7 +167,7 @@ def load_schedule(config: dict[str, Any], conf_dir: Path, results_root: str = "r
     matrix, overrides = split_config(config)
     try:
         plan = load_plan(matrix, conf_dir, overrides)
-        return schedule(plan, Path(results_root) / plan.name, conf_dir)
+        return schedule(plan, Path(results_root) / plan.name, conf_dir, matrix_path(matrix, conf_dir))
     except PlanError as exc:
         sys.exit(f"llm-infer-bench: {exc}")
 

@@ -21,3 +21,4 @@ onsuccess:
     from pipeline.collect import status_line
 
     print(status_line(f"{RESULTS}/cells.csv"), file=sys.stderr)
+    print(f"report: reports/{SCHEDULE.plan.name}/index.html", file=sys.stderr)

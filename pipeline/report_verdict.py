@@ -1,0 +1,357 @@
+"""The report's verdict, in plain words, from cells.csv alone (pure functions: a DataFrame in, words out).
+
+Candidates are compared within one model (comparing a 4M model with a 7B one says nothing).
+A ranking is only claimed when the gap exceeds the noise: each cell's run-to-run spread of
+throughput, (max - min) / median over repeats, is taken as its relative noise, for TPOT too
+(at a fixed batch size throughput and TPOT move together; TPOT has no per-repeat figure).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+LATENCY, THROUGHPUT = "tpot_s_p50", "output_tok_s"
+ROOFLINE_FLAG = "roofline_flag"
+FLAGS_NAMED = 5  # the verdict names this many flagged cells; the table lists them all
+
+
+@dataclass(frozen=True)
+class Candidate:
+    cell_id: str
+    engine: str
+    precision: str
+    batch_size: int
+    value: float
+    spread: float | None  # relative run-to-run noise; None when only one repeat ran
+
+    @property
+    def config(self) -> str:
+        return f"{self.engine} {self.precision}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.config} at batch {self.batch_size}"
+
+    @property
+    def noise(self) -> float | None:
+        return None if self.spread is None else self.spread * self.value
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The best candidate, those it cannot be told apart from, and the first it clearly beats."""
+
+    best: Candidate
+    tied: tuple[Candidate, ...] = ()
+    runner_up: Candidate | None = None
+    noise_known: bool = True
+
+    @property
+    def decisive(self) -> bool:
+        return not self.tied
+
+    @property
+    def contested(self) -> bool:
+        return bool(self.tied) or self.runner_up is not None
+
+
+@dataclass
+class ModelVerdict:
+    model: str
+    latency: Ranking | None = None  # lowest TPOT p50 at batch 1
+    throughput: Ranking | None = None  # most output tok/s, any batch size
+    by_batch: dict[int, Ranking] = field(default_factory=dict)  # lowest TPOT p50 at each batch size
+    sentences: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Verdict:
+    overall: list[str] = field(default_factory=list)
+    models: list[ModelVerdict] = field(default_factory=list)
+
+    @property
+    def sentences(self) -> list[str]:
+        return self.overall + [s for m in self.models for s in m.sentences]
+
+
+def as_number(value) -> float | None:
+    """A float, or None for anything missing (None, NaN, empty, text)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def flag_text(value) -> str:
+    """A roofline flag as text; empty (None, NaN, blank) means not flagged."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def within_noise(a: Candidate, b: Candidate) -> bool | None:
+    """True when a and b differ by no more than the larger of their noises; None when neither noise is known."""
+    noises = [n for n in (a.noise, b.noise) if n is not None]
+    if not noises:
+        return None
+    return abs(a.value - b.value) <= max(noises)
+
+
+def candidates(cells: pd.DataFrame, metric: str) -> list[Candidate]:
+    ok = cells[cells["status"] == "ok"]
+    found = []
+    for row in ok.itertuples(index=False):
+        value = as_number(getattr(row, metric, None))
+        if value is None:
+            continue
+        found.append(
+            Candidate(
+                cell_id=str(row.cell_id),
+                engine=str(row.engine),
+                precision=str(row.precision),
+                batch_size=int(row.batch_size),
+                value=value,
+                spread=as_number(getattr(row, "output_tok_s_spread", None)),
+            )
+        )
+    return found
+
+
+def rank(found: list[Candidate], lower_is_better: bool) -> Ranking | None:
+    if not found:
+        return None
+    ordered = sorted(found, key=lambda c: (c.value if lower_is_better else -c.value, c.cell_id))
+    best, rest = ordered[0], ordered[1:]
+    verdicts = [within_noise(best, other) for other in rest]
+    tied = tuple(other for other, same in zip(rest, verdicts, strict=True) if same)
+    runner_up = next((other for other, same in zip(rest, verdicts, strict=True) if not same), None)
+    return Ranking(best, tied, runner_up, noise_known=all(v is not None for v in verdicts))
+
+
+def significant(value: float) -> str:
+    """Three significant digits, without exponents: 0.0123, 4.56, 789, 1235."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _ms(seconds: float) -> str:
+    return f"{significant(seconds * 1000)} ms"
+
+
+def _tok_s(value: float) -> str:
+    return f"{significant(value)} tok/s"
+
+
+def _percent(value: float, decimals: int = 0) -> str:
+    return f"{value * 100:.{decimals}f}%"
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _unknown_noise_note(ranking: Ranking) -> str:
+    if ranking.noise_known or not ranking.contested:
+        return ""
+    return " Only one repeat ran, so run-to-run noise is unknown and this ranking is unchecked."
+
+
+def _tie_clause(ranking: Ranking, show, name) -> str:
+    group = (ranking.best, *ranking.tied)
+    names = _and([f"{name(c)} ({show(c.value)})" for c in group])
+    gap = abs(ranking.tied[-1].value - ranking.best.value) / ranking.best.value
+    noise = max(c.noise or 0.0 for c in group) / ranking.best.value
+    return (
+        f"cannot be ranked between {names}: they differ by {_percent(gap, 1)}, "
+        f"less than their run-to-run spread (up to {_percent(noise, 1)})."
+    )
+
+
+def _roofline_note(cells: pd.DataFrame, cell_id: str) -> str:
+    row = cells[cells["cell_id"] == cell_id].iloc[0]
+    if flag_text(row.get(ROOFLINE_FLAG)):
+        return " Its bandwidth figures are flagged as wrong by the roofline check (see the table)."
+    parts = []
+    for column, against in (("mbu_measured", "the measured"), ("mbu", "the datasheet")):
+        mbu = as_number(row.get(column))
+        if mbu is not None:
+            parts.append(f"{_percent(mbu)} of {against} peak")
+    return f" Memory bandwidth utilization: {', '.join(parts)}." if parts else ""
+
+
+def latency_sentence(ranking: Ranking | None, cells: pd.DataFrame) -> str:
+    if ranking is None:
+        return "No batch-1 cell succeeded, so single-stream latency (TPOT at batch 1) was not measured."
+    best = ranking.best
+    if not ranking.contested:
+        text = f"Single stream (batch 1): only {best.config} was measured, {_ms(best.value)} per output token."
+    elif ranking.decisive:
+        other = ranking.runner_up
+        text = (
+            f"Fastest single stream (lowest TPOT p50 at batch 1): {best.config}, {_ms(best.value)} per output token, "
+            f"{_percent(1 - best.value / other.value)} less than the next, {other.config} ({_ms(other.value)})."
+        )
+    else:
+        text = "Fastest single stream (TPOT p50 at batch 1) " + _tie_clause(ranking, _ms, lambda c: c.config)
+    # The roofline figures describe the winner: with a tie there is none.
+    roofline = _roofline_note(cells, best.cell_id) if ranking.decisive else ""
+    return text + _unknown_noise_note(ranking) + roofline
+
+
+def throughput_sentence(ranking: Ranking | None) -> str | None:
+    if ranking is None:
+        return None
+    best = ranking.best
+    if not ranking.contested:
+        text = f"Throughput: only {best.label} was measured, {_tok_s(best.value)} of output."
+    elif ranking.decisive:
+        other = ranking.runner_up
+        text = (
+            f"Most throughput: {best.label}, {_tok_s(best.value)} of output, "
+            f"{_percent(best.value / other.value - 1)} more than the next, {other.label} ({_tok_s(other.value)})."
+        )
+    else:
+        text = "Most throughput " + _tie_clause(ranking, _tok_s, lambda c: c.label)
+    return text + _unknown_noise_note(ranking)
+
+
+def _where(batches: list[int], open_ended: bool) -> str:
+    if open_ended:
+        return f"from batch {batches[0]}"
+    return f"at batch {batches[0]}" if len(batches) == 1 else f"at batch {batches[0]}-{batches[-1]}"
+
+
+def batch_sentence(by_batch: dict[int, Ranking]) -> str | None:
+    """Whether the fastest configuration (lowest TPOT p50) changes with batch size; None when nothing is contested."""
+    # A batch size where only one configuration succeeded compares nothing: it is left out.
+    contested = {b: r for b, r in sorted(by_batch.items()) if r.contested}
+    if len(contested) < 2:
+        return None
+    winners = {r.best.config for r in contested.values() if r.decisive}
+    if not winners:
+        return "At no batch size can the configurations be ranked by TPOT p50: they differ by less than their spread."
+    if len(winners) == 1 and all(r.decisive for r in contested.values()):
+        batches = ", ".join(map(str, contested))
+        return f"{winners.pop()} has the lowest TPOT p50 at every batch size compared ({batches})."
+    # Runs of consecutive batch sizes with the same outcome: one winner, or "" when it cannot be ranked.
+    segments: list[tuple[str, list[int]]] = []
+    for batch, ranking in contested.items():
+        outcome = ranking.best.config if ranking.decisive else ""
+        if segments and segments[-1][0] == outcome:
+            segments[-1][1].append(batch)
+        else:
+            segments.append((outcome, [batch]))
+    parts = []
+    for index, (outcome, batches) in enumerate(segments):
+        open_ended = bool(outcome) and index == len(segments) - 1
+        where = _where(batches, open_ended)
+        parts.append(f"{outcome} {where}" if outcome else f"no clear winner {where}")
+    changes = len(winners) > 1
+    lead = "The fastest configuration (lowest TPOT p50) changes with batch size" if changes else "Fastest by TPOT p50"
+    return f"{lead}: {', '.join(parts)}."
+
+
+def model_verdict(model: str, cells: pd.DataFrame) -> ModelVerdict:
+    verdict = ModelVerdict(model)
+    latency = candidates(cells, LATENCY)
+    verdict.latency = rank([c for c in latency if c.batch_size == 1], lower_is_better=True)
+    verdict.throughput = rank(candidates(cells, THROUGHPUT), lower_is_better=False)
+    for batch in sorted({c.batch_size for c in latency}):
+        verdict.by_batch[batch] = rank([c for c in latency if c.batch_size == batch], lower_is_better=True)
+    if verdict.throughput is None and verdict.latency is None:
+        return verdict
+    sentences = [
+        latency_sentence(verdict.latency, cells),
+        throughput_sentence(verdict.throughput),
+        batch_sentence(verdict.by_batch),
+    ]
+    verdict.sentences = [s for s in sentences if s]
+    return verdict
+
+
+def failure_sentence(cells: pd.DataFrame) -> str | None:
+    failed = cells[cells["status"] != "ok"]
+    if failed.empty:
+        return None
+    counts = failed["status"].value_counts()
+    kinds = ", ".join(f"{n} {status}" for status, n in counts.items())
+    if len(failed) == len(cells):
+        return f"No cell succeeded ({kinds}): there is nothing to compare. The reasons are listed below."
+    return f"{len(failed)} of {len(cells)} cells produced no numbers ({kinds}); the reasons are listed below."
+
+
+def flag_sentence(cells: pd.DataFrame) -> str | None:
+    flagged = flagged_cells(cells)
+    if flagged.empty:
+        return None
+    ids = flagged["cell_id"].astype(str).tolist()
+    shown = ", ".join(ids[:FLAGS_NAMED]) + (f" and {len(ids) - FLAGS_NAMED} more" if len(ids) > FLAGS_NAMED else "")
+    return (
+        f"{len(ids)} cell(s) are flagged by the roofline check (memory bandwidth utilization above 1.0 against "
+        f"the measured peak, which means a bytes count or a peak is wrong): {shown}. "
+        "Their timings stand; their bandwidth figures do not."
+    )
+
+
+def flagged_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    if ROOFLINE_FLAG not in cells:
+        return cells.iloc[0:0]
+    return cells[cells[ROOFLINE_FLAG].map(flag_text) != ""]
+
+
+def verdict(cells: pd.DataFrame) -> Verdict:
+    """The whole verdict: failures and flags first, then one paragraph per model."""
+    result = Verdict()
+    if cells.empty:
+        result.overall.append("The table has no cells.")
+        return result
+    result.overall = [s for s in (failure_sentence(cells), flag_sentence(cells)) if s]
+    for model, group in cells.groupby("model", sort=True):
+        mv = model_verdict(str(model), group)
+        if mv.sentences:
+            result.models.append(mv)
+    return result
+
+
+@dataclass(frozen=True)
+class NoiseWarning:
+    model: str
+    batch_size: int
+    a: Candidate
+    b: Candidate
+
+    @property
+    def text(self) -> str:
+        gap = abs(self.a.value - self.b.value) / max(self.a.value, self.b.value)
+        return (
+            f"{self.model}, batch {self.batch_size}: {self.a.config} ({_tok_s(self.a.value)}) and "
+            f"{self.b.config} ({_tok_s(self.b.value)}) differ by {_percent(gap)}, less than their spread: "
+            "they cannot be ranked."
+        )
+
+
+def noise_warnings(cells: pd.DataFrame) -> list[NoiseWarning]:
+    """Neighbours in throughput order, per model and batch size, whose gap is within the noise."""
+    warnings = []
+    for (model, batch), group in cells.groupby(["model", "batch_size"], sort=True):
+        ordered = sorted(candidates(group, THROUGHPUT), key=lambda c: -c.value)
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if within_noise(a, b):
+                warnings.append(NoiseWarning(str(model), int(batch), a, b))
+    return warnings
+
+
+def pareto_front(throughput: pd.Series, latency: pd.Series) -> pd.Series:
+    """True for the points no other point beats: none has at least their throughput at a lower latency, or more
+    throughput at the same latency (of exact duplicates, one is marked)."""
+    order = sorted(range(len(throughput)), key=lambda i: (-throughput.iloc[i], latency.iloc[i]))
+    on_front = [False] * len(throughput)
+    best_latency = math.inf
+    for i in order:
+        if latency.iloc[i] < best_latency:
+            on_front[i] = True
+            best_latency = latency.iloc[i]
+    return pd.Series(on_front, index=throughput.index)

@@ -1,0 +1,20 @@
+localrules:
+    report,
+
+
+# cells.csv + requests.csv -> one self-contained comparison report (HTML and Markdown).
+rule report:
+    input:
+        cells=f"{RESULTS}/cells.csv",
+        requests=f"{RESULTS}/requests.csv",
+        matrix=str(SCHEDULE.matrix_file),
+    output:
+        html=f"reports/{SCHEDULE.plan.name}/index.html",
+        markdown=f"reports/{SCHEDULE.plan.name}/report.md",
+    log:
+        f"{RESULTS}/logs/report.log",
+    conda:
+        "../../envs/hf.yaml"
+    shell:
+        f"{PYTHON} -m pipeline.report --cells {{input.cells}} --requests {{input.requests}}"
+        " --matrix-file {input.matrix} --out $(dirname {output.html}) > {log} 2>&1"

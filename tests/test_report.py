@@ -1,0 +1,479 @@
+"""The comparison report: the verdict on tables where the answer is known, rendering from a real
+smoke run, escaping of everything that comes from the data, and the page in a real browser."""
+
+import base64
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.report import main as report_main
+from pipeline.report import write_report
+from pipeline.report_markdown import fenced, md_escape
+from pipeline.report_plots import all_plots, box_stats
+from pipeline.report_verdict import noise_warnings, pareto_front, verdict
+from tests.conftest import REPO, run_snakemake
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def cell(engine="A", precision="bf16", batch=1, tpot_ms=10.0, tok_s=100.0, spread=0.02, model="m", **extra):
+    """One cells.csv row, with only the columns the report reads unless more are given."""
+    row = {
+        "cell_id": f"{engine}/{model}/{precision}/bs{batch}",
+        "engine": engine,
+        "model": model,
+        "precision": precision,
+        "batch_size": batch,
+        "status": "ok",
+        "error": None,
+        "tpot_s_p50": tpot_ms / 1000,
+        "output_tok_s": tok_s,
+        "output_tok_s_spread": spread,
+    }
+    row.update(extra)
+    return row
+
+
+def failed(status="error", error="engine crashed", **kwargs):
+    return cell(status=status, error=error, tpot_ms=np.nan, tok_s=np.nan, spread=np.nan, **kwargs)
+
+
+def table(*rows) -> pd.DataFrame:
+    return pd.DataFrame(list(rows))
+
+
+# --- the verdict --------------------------------------------------------------------------
+
+
+def test_fastest_single_stream_most_throughput_and_the_crossover():
+    cells = table(
+        cell("A", batch=1, tpot_ms=10, tok_s=100),
+        cell("A", batch=8, tpot_ms=30, tok_s=260),
+        cell("A", batch=32, tpot_ms=80, tok_s=400),
+        cell("B", batch=1, tpot_ms=14, tok_s=70),
+        cell("B", batch=8, tpot_ms=20, tok_s=400),
+        cell("B", batch=32, tpot_ms=50, tok_s=640),
+    )
+    (model,) = verdict(cells).models
+    assert model.latency.best.engine == "A" and model.latency.decisive
+    assert model.latency.runner_up.engine == "B"
+    assert (model.throughput.best.engine, model.throughput.best.batch_size) == ("B", 32)
+    assert {b: r.best.engine for b, r in model.by_batch.items()} == {1: "A", 8: "B", 32: "B"}
+    text = " ".join(model.sentences)
+    assert "Fastest single stream (lowest TPOT p50 at batch 1): A bf16, 10 ms per output token" in text
+    assert "29% less than the next, B bf16 (14 ms)" in text
+    assert "Most throughput: B bf16 at batch 32, 640 tok/s" in text
+    assert "changes with batch size: A bf16 at batch 1, B bf16 from batch 8." in text
+    assert "cannot be ranked" not in text
+
+
+def test_a_gap_within_the_spread_cannot_be_ranked():
+    noisy = table(
+        cell("A", tpot_ms=10.0, tok_s=100, spread=0.10),
+        cell("B", tpot_ms=10.5, tok_s=96, spread=0.10),
+    )
+    (model,) = verdict(noisy).models
+    assert not model.latency.decisive and [c.engine for c in model.latency.tied] == ["B"]
+    assert not model.throughput.decisive
+    text = " ".join(model.sentences)
+    assert "cannot be ranked between A bf16 (10 ms) and B bf16 (10.5 ms)" in text
+    assert "Fastest single stream (lowest" not in text  # no winner is named
+    (warning,) = noise_warnings(noisy)
+    assert (warning.a.engine, warning.b.engine) == ("A", "B") and "cannot be ranked" in warning.text
+
+    # The same gap with a small spread is a ranking.
+    quiet = noisy.assign(output_tok_s_spread=0.01)
+    (model,) = verdict(quiet).models
+    assert model.latency.decisive and model.latency.best.engine == "A"
+    assert model.throughput.decisive and model.throughput.best.engine == "A"
+    assert noise_warnings(quiet) == []
+
+
+def test_the_larger_spread_of_the_two_decides():
+    # 5% apart; A is quiet (1%) but B is noisy (8%): they cannot be ranked.
+    cells = table(cell("A", tok_s=105, spread=0.01), cell("B", tok_s=100, spread=0.08))
+    (model,) = verdict(cells).models
+    assert not model.throughput.decisive
+
+
+def test_only_failed_cells_give_no_ranking():
+    cells = table(
+        failed("error", "CUDA out of memory", engine="A"),
+        failed("unsupported", "precision int4 is not supported", engine="B"),
+        failed("timeout", "past 600 s", engine="C", batch=4),
+    )
+    result = verdict(cells)
+    assert result.models == []
+    assert result.overall == [
+        "No cell succeeded (1 error, 1 unsupported, 1 timeout): there is nothing to compare. "
+        "The reasons are listed below."
+    ]
+    assert not any("Fastest" in s or "throughput" in s for s in result.sentences)
+
+
+def test_a_single_cell_is_reported_without_a_comparison():
+    (model,) = verdict(table(cell("A", tpot_ms=12.5, tok_s=80))).models
+    assert model.latency.best.engine == "A" and not model.latency.contested
+    assert model.sentences == [
+        "Single stream (batch 1): only A bf16 was measured, 12.5 ms per output token.",
+        "Throughput: only A bf16 at batch 1 was measured, 80 tok/s of output.",
+    ]
+
+
+@pytest.mark.parametrize("batch_1", ["absent", "failed"])
+def test_no_successful_batch_1_means_no_single_stream_claim(batch_1):
+    rows = [cell("A", batch=4, tpot_ms=20, tok_s=200), cell("B", batch=4, tpot_ms=30, tok_s=120)]
+    if batch_1 == "failed":
+        rows += [failed(engine="A", batch=1), failed(engine="B", batch=1)]
+    (model,) = verdict(table(*rows)).models
+    assert model.latency is None
+    assert model.sentences[0].startswith("No batch-1 cell succeeded, so single-stream latency")
+    assert model.throughput.best.engine == "A" and model.throughput.decisive
+    assert not any("single stream" in s.lower() and "Fastest" in s for s in model.sentences)
+
+
+def test_one_engine_one_precision_makes_no_comparative_claim():
+    cells = table(
+        cell("A", batch=1, tpot_ms=10, tok_s=100),
+        cell("A", batch=4, tpot_ms=12, tok_s=330),
+        cell("A", batch=16, tpot_ms=20, tok_s=800),
+    )
+    (model,) = verdict(cells).models
+    assert not any(r.contested for r in model.by_batch.values())
+    text = " ".join(model.sentences)
+    assert "changes with batch size" not in text and "Fastest" not in text
+    assert "only A bf16 was measured" in text
+    # Throughput still ranks the batch sizes of the one configuration.
+    assert "Most throughput: A bf16 at batch 16" in text
+
+
+def test_one_engine_two_precisions_compares_precisions_only():
+    cells = table(
+        cell("hf", "fp32", batch=1, tpot_ms=8, tok_s=120),
+        cell("hf", "bf16", batch=1, tpot_ms=12, tok_s=80),
+        cell("hf", "fp32", batch=8, tpot_ms=40, tok_s=200),
+        cell("hf", "bf16", batch=8, tpot_ms=25, tok_s=320),
+    )
+    (model,) = verdict(cells).models
+    assert "changes with batch size: hf fp32 at batch 1, hf bf16 from batch 8." in " ".join(model.sentences)
+
+
+def test_the_same_winner_at_every_batch_size_is_said_once():
+    cells = table(
+        cell("A", batch=1, tpot_ms=10, tok_s=100),
+        cell("B", batch=1, tpot_ms=15, tok_s=66),
+        cell("A", batch=4, tpot_ms=12, tok_s=330),
+        cell("B", batch=4, tpot_ms=18, tok_s=220),
+    )
+    (model,) = verdict(cells).models
+    assert model.sentences[-1] == "A bf16 has the lowest TPOT p50 at every batch size compared (1, 4)."
+
+
+def test_a_tie_at_one_batch_size_breaks_the_run_of_winners():
+    cells = table(
+        cell("A", batch=1, tpot_ms=10, tok_s=100),
+        cell("B", batch=1, tpot_ms=15, tok_s=66),
+        cell("A", batch=4, tpot_ms=12, tok_s=330, spread=0.2),
+        cell("B", batch=4, tpot_ms=12.5, tok_s=320, spread=0.2),
+        cell("A", batch=16, tpot_ms=30, tok_s=530),
+        cell("B", batch=16, tpot_ms=20, tok_s=800),
+    )
+    (model,) = verdict(cells).models
+    assert model.sentences[-1] == (
+        "The fastest configuration (lowest TPOT p50) changes with batch size: "
+        "A bf16 at batch 1, no clear winner at batch 4, B bf16 from batch 16."
+    )
+
+
+def test_one_repeat_ranks_but_says_the_noise_is_unknown():
+    cells = table(cell("A", tpot_ms=10, tok_s=100, spread=np.nan), cell("B", tpot_ms=10.2, tok_s=98, spread=np.nan))
+    (model,) = verdict(cells).models
+    assert model.latency.decisive and not model.latency.noise_known
+    assert "Only one repeat ran, so run-to-run noise is unknown" in model.sentences[0]
+
+
+def test_models_are_judged_separately():
+    cells = table(
+        cell("A", tpot_ms=5, tok_s=200, model="tiny"),
+        cell("B", tpot_ms=7, tok_s=140, model="tiny"),
+        cell("A", tpot_ms=90, tok_s=11, model="big"),
+        cell("B", tpot_ms=60, tok_s=16, model="big"),
+    )
+    result = verdict(cells)
+    winners = {m.model: m.latency.best.engine for m in result.models}
+    assert winners == {"big": "B", "tiny": "A"}
+
+
+def test_failures_and_roofline_flags_lead_the_verdict():
+    cells = table(
+        cell("A", tpot_ms=5, tok_s=200, mbu_measured=0.62, mbu=0.55, roofline_flag=None),
+        cell("B", tpot_ms=7, tok_s=140, mbu_measured=1.4, mbu=1.2, roofline_flag="MBU 1.40 > 1.0 vs measured peak"),
+        failed(engine="C"),
+    )
+    result = verdict(cells)
+    assert result.overall[0] == "1 of 3 cells produced no numbers (1 error); the reasons are listed below."
+    assert "1 cell(s) are flagged by the roofline check" in result.overall[1] and "B/m/bf16/bs1" in result.overall[1]
+    assert "A/m/bf16/bs1" not in result.overall[1]
+    latency = result.models[0].sentences[0]
+    assert "Memory bandwidth utilization: 62% of the measured peak, 55% of the datasheet peak." in latency
+
+
+def test_the_verdict_names_a_few_flagged_cells_and_counts_the_rest():
+    rows = [cell("A", batch=b, tok_s=100 + b, roofline_flag="MBU 1.2") for b in range(1, 9)]
+    flags = verdict(table(*rows)).overall[0]
+    assert flags.startswith("8 cell(s) are flagged") and "A/m/bf16/bs5 and 3 more." in flags
+    assert "bs6" not in flags
+
+
+def test_box_stats_follow_tukey():
+    stats = box_stats([1, 2, 3, 4, 5, 6, 7, 8, 100])
+    assert (stats.q1, stats.median, stats.q3) == (3, 5, 7)
+    assert (stats.low, stats.high, stats.outliers) == (1, 8, [100])  # 100 is past q3 + 1.5 IQR = 13
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    throughput = pd.Series([100, 200, 150, 300, 300, 50])
+    latency = pd.Series([10, 20, 30, 40, 45, 5])
+    # 150 tok/s at 30 ms is beaten by 200 at 20; 300 at 45 by 300 at 40.
+    assert pareto_front(throughput, latency).tolist() == [True, True, False, True, False, True]
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def plot_keys(page: str) -> set[str]:
+    return set(re.findall(r'<figure id="plot-([a-z_]+)">', page))
+
+
+def expected_plots(cells: pd.DataFrame) -> set[str]:
+    """The four plots of every run with measured cells, and the roofline one where cells.csv has its columns."""
+    keys = {"tpot_vs_batch", "throughput_vs_batch", "ttft_distribution", "latency_vs_throughput"}
+    has_roofline = "achieved_bandwidth_gbs" in cells and cells["achieved_bandwidth_gbs"].notna().any()
+    return keys | {"roofline"} if has_roofline else keys
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, models_dir):
+    """The smoke matrix, really run: its cells.csv and requests.csv."""
+    workdir = tmp_path_factory.mktemp("report-smoke")
+    run = run_snakemake(workdir, "--cores", "2", "--config", "matrix=smoke", f"models_dir={models_dir}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = workdir / "results/smoke"
+    return results / "cells.csv", results / "requests.csv"
+
+
+@pytest.fixture(scope="session")
+def smoke_report(smoke_run, tmp_path_factory):
+    cells_csv, requests_csv = smoke_run
+    out = tmp_path_factory.mktemp("report") / "smoke"
+    args = ["--cells", str(cells_csv), "--requests", str(requests_csv)]
+    assert report_main([*args, "--matrix-file", str(REPO / "conf/matrix/smoke.yaml"), "--out", str(out)]) == 0
+    return out, pd.read_csv(cells_csv)
+
+
+@pytest.mark.workflow
+def test_report_from_a_real_smoke_run(smoke_report):
+    out, cells = smoke_report
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "report.md"]  # no temp file left behind
+    page = (out / "index.html").read_text()
+    markdown = (out / "report.md").read_text()
+    ok = cells[cells.status == "ok"]
+    assert len(ok) == 2, f"the smoke run must measure its cells to test the report: {cells.error.tolist()}"
+    for row in cells.itertuples():
+        assert f'data-cell-id="{row.cell_id}"' in page and row.cell_id in markdown
+    # The numbers in the table are the cells' own.
+    for row in ok.itertuples():
+        assert f"{row.tpot_s_p50 * 1000:.3g}" in page
+    assert plot_keys(page) == expected_plots(cells)
+    plots = re.findall(r'<img class="plot" src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(plots) == len(expected_plots(cells))
+    for plot in plots:
+        assert base64.b64decode(plot).startswith(b"<?xml")
+    # Self-contained: nothing is fetched from anywhere.
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "@import" not in page
+    assert "Single stream (batch 1): only hf bf16 was measured" in page
+    assert "Most throughput: hf bf16 at batch 2" in page or "Most throughput: hf bf16 at batch 1" in page
+    assert "Only one repeat ran" in page  # the smoke matrix runs one repeat
+    assert "workload.output_tokens: 8" in page and "workload.output_tokens: 8" in markdown
+    assert markdown.startswith("# llm-infer-bench report: smoke") and "## Verdict" in markdown
+
+
+def test_a_sweep_where_every_cell_failed_still_renders(tmp_path):
+    cells_csv = tmp_path / "cells.csv"
+    table(failed("error", "CUDA out of memory at batch 64"), failed("timeout", "past 600 s", batch=2)).to_csv(
+        cells_csv, index=False
+    )
+    write_report(cells_csv, None, cells_csv, tmp_path / "out")
+    page = (tmp_path / "out/index.html").read_text()
+    assert "No cell succeeded (1 error, 1 timeout)" in page
+    assert '<table id="failures-table">' in page and "CUDA out of memory at batch 64" in page
+    assert 'id="plots"' not in page  # nothing measured, nothing plotted
+    assert "past 600 s" in (tmp_path / "out/report.md").read_text()
+
+
+def test_cli_help_and_a_bad_table(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report_main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--matrix-file" in capsys.readouterr().out
+    bad = tmp_path / "cells.csv"
+    bad.write_text("a,b\n1,2\n")
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("engine: [hf]\n")
+    assert report_main(["--cells", str(bad), "--matrix-file", str(matrix), "--out", str(tmp_path / "r")]) == 1
+    assert "missing columns: cell_id, engine" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_roofline_plot_appears_only_with_roofline_columns():
+    plain = table(cell("A"), cell("B", tpot_ms=12))
+    assert "roofline" not in [p.key for p in all_plots(plain, pd.DataFrame())]
+    roofline = plain.assign(achieved_bandwidth_gbs=[40.0, 33.0], peak_bandwidth_measured_gbs=[50.0, 50.0])
+    assert "roofline" in [p.key for p in all_plots(roofline, pd.DataFrame())]
+
+
+def test_a_flagged_cell_is_shown_as_flagged_not_as_a_success(tmp_path):
+    cells = table(
+        cell("A", mbu_measured=0.7, achieved_bandwidth_gbs=35.0, roofline_flag=None),
+        cell("B", tpot_ms=4, mbu_measured=1.6, achieved_bandwidth_gbs=80.0, roofline_flag="MBU 1.60 > 1.0"),
+    )
+    cells.to_csv(tmp_path / "cells.csv", index=False)
+    write_report(tmp_path / "cells.csv", None, tmp_path / "cells.csv", tmp_path / "out")
+    page = (tmp_path / "out/index.html").read_text()
+    flagged_row = re.search(r'<tr class="([^"]*)" data-cell-id="B/m/bf16/bs1">(.*?)</tr>', page, re.S)
+    assert flagged_row and flagged_row.group(1) == "status-ok flagged"
+    assert "<td>ok, flagged</td>" in flagged_row.group(2) and "roofline: MBU 1.60 &gt; 1.0" in flagged_row.group(2)
+    assert re.search(r'<tr class="status-ok" data-cell-id="A/m/bf16/bs1">', page)
+    assert '<table id="flagged-table">' in page and "MBU (measured peak)" in page and "160.0%" in page
+    # B is the fastest single stream: its MBU is not quoted as an achievement.
+    assert "Fastest single stream (lowest TPOT p50 at batch 1): B bf16" in page
+    assert "Its bandwidth figures are flagged as wrong by the roofline check" in page and "160% of" not in page
+    markdown = (tmp_path / "out/report.md").read_text()
+    assert "| ok, flagged |" in markdown and "### Flagged by the roofline check" in markdown
+
+
+# --- escaping -----------------------------------------------------------------------------
+
+HOSTILE_MODEL = '<script>alert("model")</script>$x$'
+HOSTILE_ERROR = "<img src=x onerror=alert(1)> | `rm -rf` *bold*"
+
+
+@pytest.fixture
+def hostile_report(tmp_path):
+    cells = table(
+        cell("A", model=HOSTILE_MODEL, tpot_ms=10, tok_s=100, roofline_flag=None, achieved_bandwidth_gbs=10.0),
+        cell('e&"', model=HOSTILE_MODEL, tpot_ms=12, tok_s=90, roofline_flag="<b>MBU</b>", achieved_bandwidth_gbs=9.0),
+        failed(engine="C", model=HOSTILE_MODEL, error=HOSTILE_ERROR),
+    )
+    cells_csv = tmp_path / "cells.csv"
+    cells.to_csv(cells_csv, index=False)
+    requests = pd.DataFrame({"cell_id": [cells.cell_id[0]] * 3, "success": [True] * 3, "ttft_s": [0.01, 0.02, 0.03]})
+    requests.to_csv(tmp_path / "requests.csv", index=False)
+    matrix = tmp_path / "hostile.yaml"
+    matrix.write_text("engine: [hf]\n# </pre><script>alert('matrix')</script>\n# ```\n")
+    write_report(cells_csv, tmp_path / "requests.csv", matrix, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def test_everything_from_the_data_is_escaped(hostile_report):
+    page = (hostile_report / "index.html").read_text()
+    assert "<script" not in page.lower() and "<img src=x" not in page and "<b>MBU" not in page
+    assert "&lt;script&gt;alert(&#34;model&#34;)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&lt;b&gt;MBU&lt;/b&gt;" in page
+    assert "e&amp;&#34;/" in page
+    assert "&lt;/pre&gt;&lt;script&gt;alert(&#39;matrix&#39;)" in page
+    # The model name reaches the plots as text, escaped inside the SVG too.
+    svgs = [base64.b64decode(s).decode() for s in re.findall(r"base64,([A-Za-z0-9+/=]+)", page)]
+    assert svgs and all("<script" not in svg for svg in svgs)
+    assert any("&lt;script&gt;" in svg for svg in svgs)
+
+
+def test_markdown_escapes_html_and_table_syntax(hostile_report):
+    markdown = (hostile_report / "report.md").read_text()
+    # The matrix file is shown verbatim, in a fence that its own ``` cannot close (code is not rendered as HTML).
+    fence = "````\nengine: [hf]\n# </pre><script>alert('matrix')</script>\n# ```\n````"
+    assert fence in markdown
+    outside = markdown.replace(fence, "")
+    assert "<script" not in outside and "<img" not in outside and "<b>" not in outside
+    assert "&lt;img src=x onerror=alert(1)&gt; \\| \\`rm -rf\\` \\*bold\\*" in outside
+
+
+def test_md_escape_and_fence_helpers():
+    assert md_escape("a|b\nc <d> _e_") == "a\\|b c &lt;d&gt; \\_e\\_"
+    assert fenced("x") == "```\nx\n```"
+    assert fenced("a ```` b") == "`````\na ```` b\n`````"
+
+
+# --- the page in a real browser -----------------------------------------------------------
+
+
+def chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={user_data}",
+    ]
+    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def near(pixels: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 12) -> int:
+    return int((np.abs(pixels[..., :3].astype(int) - np.array(rgb)).max(axis=-1) <= tolerance).sum())
+
+
+@pytest.mark.workflow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)")
+def test_the_page_renders_in_chromium(smoke_report, tmp_path):
+    from PIL import Image
+
+    out, cells = smoke_report
+    url = (out / "index.html").resolve().as_uri()
+    dom = chromium("--dump-dom", url, user_data=tmp_path / "profile-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert '<table id="cells-table">' in html
+    assert len(re.findall(r"<tr class=\"status-", html)) >= len(cells)
+    assert plot_keys(html) == expected_plots(cells)
+    assert len(re.findall(r'<img class="plot" src="data:image/svg\+xml', html)) == len(expected_plots(cells))
+    assert "<h2>Verdict</h2>" in html
+
+    png = tmp_path / "page.png"
+    shot = chromium(f"--screenshot={png}", "--window-size=1280,2000", url, user_data=tmp_path / "profile-shot")
+    assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
+    pixels = np.asarray(Image.open(png).convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # not a blank page
+    # The plots drew: matplotlib's first line color (tab:blue) fills visible pixels; the page's CSS has none.
+    assert near(pixels, (31, 119, 180)) > 200
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)")
+def test_hostile_data_runs_no_script_in_chromium(hostile_report, tmp_path):
+    dom = chromium("--dump-dom", (hostile_report / "index.html").resolve().as_uri(), user_data=tmp_path / "p")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "<script" not in dom.stdout.lower()
+    assert "&lt;script&gt;alert" in dom.stdout  # shown as text
+
+
+def test_python_m_pipeline_report_runs(tmp_path):
+    cells_csv = tmp_path / "cells.csv"
+    table(cell("A"), cell("B", tpot_ms=20, tok_s=50)).to_csv(cells_csv, index=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", "--cells", str(cells_csv), "--matrix-file", str(cells_csv)]
+        + ["--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Fastest single stream (lowest TPOT p50 at batch 1): A bf16" in (tmp_path / "out/index.html").read_text()
