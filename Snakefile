@@ -4,6 +4,7 @@
 #   snakemake --cores 2                                    # conf/matrix/default.yaml
 #   snakemake --cores 2 --config matrix=NAME               # conf/matrix/NAME.yaml (or a path)
 #   snakemake --cores 2 --config overrides="workload.output_tokens=16 workload.repeats=5"
+#   snakemake --cores 2 --config tracking=false            # no MLflow logging
 #
 # The logic lives in the `pipeline` package; this file is the table of contents.
 import sys
@@ -27,9 +28,11 @@ rule all:
     input:
         f"{RESULTS}/cells.csv",
         f"reports/{SCHEDULE.plan.name}/index.html",
+        [f"{RESULTS}/tracking.done"] if SCHEDULE.tracking else [],
 
 
 include: "pipeline/rules/models.smk"
 include: "pipeline/rules/measure.smk"
 include: "pipeline/rules/collect.smk"
 include: "pipeline/rules/report.smk"
+include: "pipeline/rules/track.smk"

@@ -5,7 +5,9 @@ This is the only module that talks to Hydra's compose API; callers get dataclass
 
 from __future__ import annotations
 
+import hashlib
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,29 @@ def compose_dict(overrides: list[str], conf_dir: Path = CONF_DIR) -> dict[str, A
 
 def compose_cell(overrides: list[str], conf_dir: Path = CONF_DIR) -> CellConfig:
     return CellConfig.from_dict(compose_dict(overrides, conf_dir))
+
+
+@cache
+def _file_digest(path: Path, mtime_ns: int, size: int) -> bytes:  # keyed on mtime/size: an edit is seen
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+def conf_digest(engine: str, model: str, precision: str, conf_dir: Path = CONF_DIR) -> str:
+    """A fingerprint of the conf files a cell is composed from: edit one, and the cells that
+    used it are measured again on the next run."""
+    conf_dir = Path(conf_dir)
+    files = [
+        conf_dir / "config.yaml",
+        conf_dir / "engine" / f"{engine}.yaml",
+        conf_dir / "model" / f"{model}.yaml",
+        conf_dir / "precision" / f"{precision}.yaml",
+    ]
+    files += sorted((conf_dir / "workload").glob("*.yaml")) + sorted((conf_dir / "hardware").glob("*.yaml"))
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(path.name.encode() + _file_digest(path, stat.st_mtime_ns, stat.st_size))
+    return digest.hexdigest()[:16]
 
 
 def to_override(key: str, value: Any) -> str:

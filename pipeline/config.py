@@ -12,6 +12,7 @@ from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 ENGINE_MODES = ("offline", "server")
+MODEL_FORMATS = ("hf", "gguf", "mlc")
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,8 @@ class EngineConfig:
     # canonical precision -> what this engine is asked for (torch dtype, GGUF type, ...)
     precisions: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
+    model_format: str = "hf"  # what the engine loads: an HF directory, a GGUF file, an MLC build
+    max_batch_size: int | None = None  # above it a cell is `unsupported` (None: no limit)
     threads: int | None = None
     load_timeout_s: float = 600.0
     options: dict[str, Any] = field(default_factory=dict)
@@ -54,15 +57,24 @@ class EngineConfig:
             f"engine {self.name}: unknown precision(s) {bad} in engine.precisions; canonical names: {PRECISIONS}",
         )
         _require(self.threads is None or self.threads >= 1, f"engine.threads must be >= 1 or null, got {self.threads}")
+        _require(self.model_format in MODEL_FORMATS, f"engine.model_format must be one of {MODEL_FORMATS}")
         _require(self.load_timeout_s > 0, "engine.load_timeout_s must be > 0")
 
-    def unsupported_reason(self, precision: str) -> str | None:
-        if precision in self.precisions:
-            return None
+    def unsupported_reason(self, precision: str, batch_size: int = 1) -> str | None:
+        return unsupported_reason(self.name, self.precisions, self.max_batch_size, precision, batch_size)
+
+
+def unsupported_reason(
+    engine: str, precisions: dict | tuple, max_batch_size: int | None, precision: str, batch_size: int
+) -> str | None:
+    """Why an engine cannot run a cell, or None. Shared by the planner and the engine process."""
+    if precision not in precisions:
         return (
-            f"precision {precision} is not supported by engine {self.name} "
-            f"(supported: {', '.join(self.precisions) or 'none'})"
+            f"precision {precision} is not supported by engine {engine} (supported: {', '.join(precisions) or 'none'})"
         )
+    if max_batch_size is not None and batch_size > max_batch_size:
+        return f"batch size {batch_size} is above what engine {engine} can run at once ({max_batch_size})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,8 @@ class ModelConfig:
     path: str | None = None
     seed: int = 0
     architecture: dict[str, Any] = field(default_factory=dict)
+    # engine-specific artifacts by what the engine is asked for: {q4f16_1: HF://mlc-ai/...-MLC, Q4_0: x.gguf}
+    builds: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         _require(bool(self.name), "model.name must not be empty")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.compose import CONF_DIR
+from pipeline.compose import CONF_DIR, conf_digest
 from pipeline.config import CellConfig, ConfigError
 from pipeline.environment import describe_hardware, git_sha
 from pipeline.metrics import summarize
@@ -53,6 +53,7 @@ class _EngineProcess:
     engine_version: str
     hardware: dict
     peaks: dict
+    weights: dict | None
 
 
 def _kill_group(process: multiprocessing.Process) -> None:
@@ -145,13 +146,16 @@ class InstanceRunner:
         metrics: dict | None = None,
         hardware: dict | None = None,
         peaks: dict | None = None,
+        weights: dict | None = None,
         **extra,
     ) -> dict:
         metrics, hardware, peaks = metrics or {}, hardware or describe_hardware(), peaks or {}
         roofline = {}
         if cfg is not None:  # the floor is known even for a cell that failed
             entry = select_hardware(cfg.hardware, hardware, self.catalog)
-            roofline = cell_roofline(cfg, entry, peaks, metrics.get("tpot_s_p50"), metrics.get("ttft_s_p50"))
+            roofline = cell_roofline(
+                cfg, entry, peaks, metrics.get("tpot_s_p50"), metrics.get("ttft_s_p50"), weights=weights
+            )
         return {
             "cell_id": cell.cell_id,
             **cell.axes(),
@@ -163,6 +167,7 @@ class InstanceRunner:
             "hardware": hardware,
             "engine_precision": cfg.engine_precision if cfg else None,
             "overrides": self.overrides,
+            "conf_digest": conf_digest(cell.engine, cell.model, cell.precision),
             "git_sha": git_sha(),
             "finished_at": _now(),
             **extra,
@@ -190,7 +195,7 @@ class InstanceRunner:
             if isinstance(cfg, str):  # the cell's config did not validate
                 self._write(cell, self._summary(cell, None, ERROR, cfg))
                 continue
-            reason = cfg.engine.unsupported_reason(cfg.precision.name)
+            reason = cfg.engine.unsupported_reason(cfg.precision.name, cell.batch_size)
             if reason:
                 self._write(cell, self._summary(cell, cfg, UNSUPPORTED, reason))
                 continue
@@ -231,6 +236,7 @@ class InstanceRunner:
             engine_version=engine.engine_version,
             hardware=engine.hardware,
             peaks=engine.peaks,
+            weights=engine.weights,
             load_s=engine.load_s,
             engine_start=self.engine_starts,
         )

@@ -38,6 +38,17 @@ def model_source(model: ModelConfig, models_dir: str | Path = "models") -> str:
     return model.hub_id
 
 
+def gguf_path(model: ModelConfig, models_dir: str | Path, file_type: str) -> Path:
+    """A GGUF file: the user's own (model.path ending in .gguf) or the one made for a synthetic model."""
+    if file_type in model.builds:
+        return Path(model.builds[file_type])
+    if model.path and model.path.endswith(".gguf"):
+        return Path(model.path)
+    if model.synthetic:
+        return Path(models_dir) / model.name / "gguf" / f"{file_type}.gguf"
+    raise ValueError(f"model {model.name}: llama.cpp needs a GGUF file; give model.path=/path/to/file.gguf")
+
+
 def _pseudo_corpus(seed: int, n_words: int = 400_000) -> list[str]:
     """Seeded pseudo-English lines: varied enough for a BPE of tens of thousands of merges."""
     rng = random.Random(seed)

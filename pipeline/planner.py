@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import PRECISIONS
+from pipeline.config import PRECISIONS, unsupported_reason
 
 AXES = ("engine", "model", "precision", "batch_size")
 MATRIX_KEYS = (*AXES, "exclude", "overrides")
@@ -26,21 +26,34 @@ class PlanError(ValueError):
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """What planning needs of an engine's config, read without composing it."""
+
+    precisions: dict[str, str] = field(default_factory=dict)  # canonical -> what the engine is asked for
+    max_batch_size: int | None = None
+    model_format: str = "hf"
+
+
+@dataclass(frozen=True)
 class Catalog:
-    """What conf/ offers: the option names of each group and each engine's precisions."""
+    """What conf/ offers: the option names of each group, and each engine's abilities."""
 
     options: dict[str, tuple[str, ...]]
-    engine_precisions: dict[str, tuple[str, ...]]
+    engines: dict[str, EngineSpec]
 
     @classmethod
     def from_conf(cls, conf_dir: Path) -> Catalog:
         conf_dir = Path(conf_dir)
         options = {g: tuple(sorted(p.stem for p in (conf_dir / g).glob("*.yaml"))) for g in GROUPS}
-        engine_precisions = {}
+        engines = {}
         for name in options["engine"]:
             spec = yaml.safe_load((conf_dir / "engine" / f"{name}.yaml").read_text()) or {}
-            engine_precisions[name] = tuple(spec.get("precisions") or ())
-        return cls(options=options, engine_precisions=engine_precisions)
+            engines[name] = EngineSpec(
+                precisions=dict(spec.get("precisions") or {}),
+                max_batch_size=spec.get("max_batch_size"),
+                model_format=spec.get("model_format", "hf"),
+            )
+        return cls(options=options, engines=engines)
 
 
 @dataclass(frozen=True, order=True)
@@ -70,7 +83,7 @@ class Instance:
     model: str
     precision: str
     batch_sizes: tuple[int, ...]
-    unsupported: str | None = None  # known at planning time: no process is started
+    runnable: bool = True  # False when every cell is unsupported: no engine, no model needed
 
     @property
     def key(self) -> str:
@@ -86,15 +99,20 @@ class Plan:
     name: str
     cells: tuple[Cell, ...]
     overrides: tuple[str, ...] = ()
-    unsupported: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    unsupported: dict[Cell, str] = field(default_factory=dict)  # known at planning time, with the reason
+    engines: dict[str, EngineSpec] = field(default_factory=dict)  # the plan's engines' abilities
 
     def instances(self) -> list[Instance]:
-        grouped: dict[tuple[str, str, str], list[int]] = {}
+        grouped: dict[tuple[str, str, str], list[Cell]] = {}
         for cell in self.cells:
-            grouped.setdefault(cell.instance, []).append(cell.batch_size)
+            grouped.setdefault(cell.instance, []).append(cell)
         return [
-            Instance(*key, batch_sizes=tuple(sorted(sizes)), unsupported=self.unsupported.get(key))
-            for key, sizes in grouped.items()
+            Instance(
+                *key,
+                batch_sizes=tuple(sorted(c.batch_size for c in cells)),
+                runnable=any(c not in self.unsupported for c in cells),
+            )
+            for key, cells in grouped.items()
         ]
 
 
@@ -197,15 +215,16 @@ def plan_matrix(name: str, spec: dict[str, Any], catalog: Catalog, extra_overrid
 
     unsupported = {}
     for cell in cells:
-        supported = catalog.engine_precisions.get(cell.engine, ())
-        if cell.precision not in supported:
-            unsupported[cell.instance] = (
-                f"precision {cell.precision} is not supported by engine {cell.engine} "
-                f"(supported: {', '.join(supported) or 'none'})"
-            )
+        engine = catalog.engines[cell.engine]
+        reason = unsupported_reason(
+            cell.engine, engine.precisions, engine.max_batch_size, cell.precision, cell.batch_size
+        )
+        if reason:
+            unsupported[cell] = reason
     overrides = _overrides(spec.get("overrides")) + list(extra_overrides)
     _check_override_keys(overrides)
-    return Plan(name=name, cells=cells, overrides=tuple(overrides), unsupported=unsupported)
+    engines = {name: catalog.engines[name] for name in axes["engine"]}
+    return Plan(name=name, cells=cells, overrides=tuple(overrides), unsupported=unsupported, engines=engines)
 
 
 def matrix_path(matrix: str, conf_dir: Path) -> Path:

@@ -134,13 +134,20 @@ def cell_roofline(
     measured: dict | None = None,
     tpot_s: float | None = None,
     ttft_s: float | None = None,
+    weights: dict | None = None,
 ) -> dict:
-    """The roofline columns of one cell; measured = the probe's peaks on the cell's machine."""
+    """The roofline columns of one cell; measured = the probe's peaks on the cell's machine;
+    weights = the engine's exact weight bytes when its file says (else: from the architecture)."""
     shape = ModelShape.from_architecture(cfg.model.architecture)
     precision, workload, batch = cfg.precision, cfg.workload, cfg.batch_size
     context = mean_decode_context(workload.input_tokens, workload.output_tokens)
     kv_per_token = shape.kv_bytes_per_token(precision.kv_bytes)
-    bytes_per_step = weight_bytes(shape, precision, read_per_step=True) + batch * kv_per_token * context
+    if weights:
+        total_weights, read_weights, source = weights["total"], weights["read_per_step"], "engine file"
+    else:
+        total_weights = weight_bytes(shape, precision)
+        read_weights, source = weight_bytes(shape, precision, read_per_step=True), "architecture"
+    bytes_per_step = read_weights + batch * kv_per_token * context
     bandwidth = hardware.memory_bandwidth_gbs
     measured = measured or {}
     bandwidth_measured = measured.get("bandwidth_gbs")
@@ -152,7 +159,8 @@ def cell_roofline(
     row = {
         "hardware_entry": hardware.name,
         "params": shape.params,
-        "weight_bytes": weight_bytes(shape, precision),
+        "weight_bytes": total_weights,
+        "weight_bytes_source": source,
         "kv_bytes_per_token": kv_per_token,
         "mean_context": context,
         "bytes_per_step": bytes_per_step,

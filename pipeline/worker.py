@@ -40,7 +40,8 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
     )
     hardware = describe_hardware()
     peaks = _peaks(engine, hardware, threads, progress)
-    conn.send(("ready", {"load_s": load_s, "engine_version": engine.version(), "hardware": hardware, "peaks": peaks}))
+    info = {"load_s": load_s, "engine_version": engine.version(), "hardware": hardware, "peaks": peaks}
+    conn.send(("ready", {**info, "weights": engine.weight_bytes()}))
 
     while True:
         message = conn.recv()

@@ -9,6 +9,7 @@ even though its previous summary.json exists.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from collections import Counter
@@ -18,12 +19,12 @@ from typing import Any
 
 import yaml
 
-from pipeline.compose import check_overrides, to_override
+from pipeline.compose import check_overrides, conf_digest, to_override
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.planner import Cell, EngineSpec, Instance, Plan, PlanError, load_plan, matrix_path
 from pipeline.results import FINAL, read_summary, summary_path
 
-RESERVED_KEYS = ("matrix", "overrides")
+RESERVED_KEYS = ("matrix", "overrides", "tracking")
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -69,6 +70,7 @@ class Schedule:
     synthetic_models: tuple[str, ...]
     jobs: tuple[InstanceJob, ...]
     cell_states: dict[Cell, str]
+    tracking: bool = True  # log to MLflow (--config tracking=false turns it off)
 
     def summaries(self) -> list[str]:
         return [str(summary_path(self.results_dir, cell)) for cell in self.plan.cells]
@@ -95,11 +97,13 @@ class Schedule:
         return text
 
 
-def cell_state(summary: dict | None, overrides: tuple[str, ...]) -> str:
+def cell_state(summary: dict | None, overrides: tuple[str, ...], digest: str) -> str:
+    """new, done, stale (its overrides or conf files changed since), or retry:<attempt>."""
     if summary is None:
         return "new"
     if summary.get("status") in FINAL:
-        return "done" if summary.get("overrides") == list(overrides) else "stale"
+        same = summary.get("overrides") == list(overrides) and summary.get("conf_digest") == digest
+        return "done" if same else "stale"
     # The attempt's finishing time makes the token unique per attempt.
     return f"retry:{summary.get('status')}@{summary.get('finished_at')}"
 
@@ -125,7 +129,12 @@ def schedule(plan: Plan, results_dir: Path, conf_dir: Path, matrix_file: Path | 
     synthetic = tuple(m for m in models if _is_synthetic(m, base.model, plan.overrides, conf_dir))
     models_dir = base.models_dir
 
-    states = {cell: cell_state(read_summary(summary_path(results_dir, cell)), plan.overrides) for cell in plan.cells}
+    states = {
+        cell: cell_state(
+            read_summary(summary_path(results_dir, cell)), plan.overrides, conf_digest(*cell.instance, conf_dir)
+        )
+        for cell in plan.cells
+    }
     jobs = []
     for instance in plan.instances():
         pending = tuple(
@@ -167,9 +176,18 @@ def load_schedule(config: dict[str, Any], conf_dir: Path, results_root: str = "r
     matrix, overrides = split_config(config)
     try:
         plan = load_plan(matrix, conf_dir, overrides)
-        return schedule(plan, Path(results_root) / plan.name, conf_dir, matrix_path(matrix, conf_dir))
+        planned = schedule(plan, Path(results_root) / plan.name, conf_dir, matrix_path(matrix, conf_dir))
+        return dataclasses.replace(planned, tracking=_flag(config.get("tracking", True), "tracking"))
     except PlanError as exc:
         sys.exit(f"llm-infer-bench: {exc}")
+
+
+def _flag(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false", "yes", "no", "1", "0"):
+        return str(value).lower() in ("true", "yes", "1")
+    raise PlanError(f"--config {key}= takes true or false, got {value!r}")
 
 
 def model_overrides(overrides: tuple[str, ...]) -> list[str]:

@@ -1,21 +1,37 @@
 """envs/*.yaml cannot be solved here (no conda); check that they parse and agree with CI's pins."""
 
+import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.engines.registry import ENGINES
 from tests.conftest import CONF, REPO
 
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 ORCHESTRATION_ONLY = {"snakemake"}  # runs the workflow; not needed inside a job's environment
+STEPS_ONLY = {"matplotlib", "jinja2", "mlflow"}  # collect/report/tracking (envs/pipeline.yaml)
+ENGINE_SIDE_ONLY = {"torch", "transformers", "tokenizers", "safetensors"}  # engines and model building
+CPU_ENGINES = ("hf", "vllm", "llama_cpp")  # installed together in CI; mlc needs a GPU build
 
 
-def pip_pins(env_file: Path) -> set[str]:
+def normalized(requirement: str) -> str:
+    return requirement.replace(" ", "")
+
+
+def pip_section(env_file: Path) -> list[str]:
     spec = yaml.safe_load(env_file.read_text())
-    assert spec["name"] and "python=3.11" in spec["dependencies"], env_file
+    assert spec["name"].startswith("llm-infer-bench-") and "python=3.11" in spec["dependencies"], env_file
     (pip,) = [d["pip"] for d in spec["dependencies"] if isinstance(d, dict)]
-    return {line.replace(" ", "") for line in pip}
+    return [normalized(line) for line in pip]
+
+
+def ci_core(leave_out: set[str] = frozenset()) -> set[str]:
+    """CI's own pins (pyproject's dependencies), without the named packages."""
+    skip = ORCHESTRATION_ONLY | leave_out
+    return {normalized(d) for d in PROJECT["dependencies"] if re.split(r"[<>=]", d)[0] not in skip}
 
 
 def test_every_engine_has_an_environment():
@@ -25,9 +41,20 @@ def test_every_engine_has_an_environment():
         assert (REPO / "envs" / f"{conf.stem}.yaml").is_file(), conf
 
 
-def test_hf_environment_pins_what_ci_installs():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    ci = {
-        d.replace(" ", "") for d in project["dependencies"] if d.split(">")[0].split("=")[0] not in ORCHESTRATION_ONLY
-    }
-    assert pip_pins(REPO / "envs/hf.yaml") == ci
+@pytest.mark.parametrize("engine", CPU_ENGINES)
+def test_cpu_engine_environments_pin_what_ci_installs(engine):
+    pins = set(pip_section(REPO / "envs" / f"{engine}.yaml"))
+    engine_extra = {normalized(d) for d in PROJECT["optional-dependencies"]["engines"]}
+    core = ci_core(leave_out=STEPS_ONLY)
+    assert core <= pins  # the pipeline's own dependencies, identical
+    assert pins - core <= engine_extra  # the engine's packages, exactly as CI installs them
+
+
+def test_pipeline_steps_environment_pins_what_ci_installs():
+    assert set(pip_section(REPO / "envs/pipeline.yaml")) == ci_core(leave_out=ENGINE_SIDE_ONLY)
+
+
+def test_the_gpu_only_mlc_environment_names_its_wheels_and_shares_the_pipeline_pins():
+    pins = pip_section(REPO / "envs/mlc.yaml")
+    assert any(p.startswith("mlc-llm") for p in pins) and any(p.startswith("mlc-ai") for p in pins)
+    assert {p for p in pins if p.startswith(("hydra-core", "pandas", "pyyaml"))} <= ci_core()

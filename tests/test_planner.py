@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.planner import Catalog, Cell, PlanError, load_plan, plan_matrix
+from pipeline.planner import Catalog, Cell, EngineSpec, PlanError, load_plan, plan_matrix
 from tests.conftest import CONF
 
 CATALOG = Catalog(
@@ -11,7 +11,10 @@ CATALOG = Catalog(
         "workload": ("default",),
         "hardware": ("auto",),
     },
-    engine_precisions={"hf": ("fp32", "bf16"), "vllm": ("bf16",)},
+    engines={
+        "hf": EngineSpec(precisions={"fp32": "float32", "bf16": "bfloat16"}),
+        "vllm": EngineSpec(precisions={"bf16": "bfloat16"}, max_batch_size=4),
+    },
 )
 
 
@@ -83,9 +86,18 @@ def test_missing_axis_is_named():
 
 def test_unsupported_precision_is_known_at_planning_time():
     plan = plan_matrix("m", spec(engine=["hf", "vllm"], precision=["fp32"]), CATALOG)
-    assert ("vllm", "tiny-llama", "fp32") in plan.unsupported
-    assert "supported: bf16" in plan.unsupported[("vllm", "tiny-llama", "fp32")]
-    assert ("hf", "tiny-llama", "fp32") not in plan.unsupported
+    assert "supported: bf16" in plan.unsupported[Cell("vllm", "tiny-llama", "fp32", 1)]
+    assert Cell("hf", "tiny-llama", "fp32", 1) not in plan.unsupported
+    assert [i.runnable for i in plan.instances() if i.engine == "vllm"] == [False, False]
+
+
+def test_batch_sizes_above_an_engines_limit_are_unsupported_per_cell():
+    plan = plan_matrix("m", spec(engine=["vllm"], precision=["bf16"]), CATALOG)
+    assert Cell("vllm", "tiny-llama", "bf16", 4) not in plan.unsupported
+    assert plan.unsupported[Cell("vllm", "tiny-llama", "bf16", 16)] == (
+        "batch size 16 is above what engine vllm can run at once (4)"
+    )
+    assert all(i.runnable for i in plan.instances())
 
 
 def test_overrides_from_matrix_then_command_line():

@@ -2,6 +2,7 @@
 
 import pytest
 
+from pipeline.compose import conf_digest
 from pipeline.planner import Cell, load_plan
 from pipeline.results import write_json
 from pipeline.workflow import cell_state, schedule, split_config
@@ -30,22 +31,41 @@ def test_default_matrix_when_none_given():
     ("summary", "state"),
     [
         (None, "new"),
-        ({"status": "ok", "overrides": ["a=1"]}, "done"),
-        ({"status": "unsupported", "overrides": ["a=1"]}, "done"),
-        ({"status": "ok", "overrides": ["a=2"]}, "stale"),
+        ({"status": "ok", "overrides": ["a=1"], "conf_digest": "D"}, "done"),
+        ({"status": "unsupported", "overrides": ["a=1"], "conf_digest": "D"}, "done"),
+        ({"status": "ok", "overrides": ["a=2"], "conf_digest": "D"}, "stale"),
+        ({"status": "ok", "overrides": ["a=1"], "conf_digest": "edited"}, "stale"),
         ({"status": "error", "overrides": ["a=1"], "finished_at": "T1"}, "retry:error@T1"),
         ({"status": "timeout", "overrides": ["a=1"], "finished_at": "T2"}, "retry:timeout@T2"),
     ],
 )
 def test_cell_state(summary, state):
-    assert cell_state(summary, ("a=1",)) == state
+    assert cell_state(summary, ("a=1",), "D") == state
+
+
+def test_conf_digest_follows_the_files_a_cell_uses(tmp_path):
+    import shutil
+
+    from pipeline.compose import conf_digest
+
+    conf = shutil.copytree(CONF, tmp_path / "conf")
+    before = conf_digest("hf", "tiny-llama", "bf16", conf)
+    assert conf_digest("hf", "small-llama", "bf16", conf) != before
+    (conf / "model/small-llama.yaml").write_text("edited: true\n")  # a file the cell does not use
+    assert conf_digest("hf", "tiny-llama", "bf16", conf) == before
+    (conf / "model/tiny-llama.yaml").write_text("edited: true\n")
+    assert conf_digest("hf", "tiny-llama", "bf16", conf) != before
 
 
 def test_schedule_keeps_finished_cells_and_reruns_the_rest(tmp_path):
     plan = load_plan("smoke", CONF)
     results = tmp_path / "results" / "smoke"
     bs1, bs2 = (Cell("hf", "tiny-llama", "bf16", bs) for bs in (1, 2))
-    write_json(results / "hf/tiny-llama/bf16/bs1/summary.json", {"status": "ok", "overrides": list(plan.overrides)})
+    digest = conf_digest("hf", "tiny-llama", "bf16", CONF)
+    write_json(
+        results / "hf/tiny-llama/bf16/bs1/summary.json",
+        {"status": "ok", "overrides": list(plan.overrides), "conf_digest": digest},
+    )
     write_json(
         results / "hf/tiny-llama/bf16/bs2/summary.json",
         {"status": "error", "overrides": list(plan.overrides), "finished_at": "T"},
@@ -69,8 +89,7 @@ def test_schedule_keeps_finished_cells_and_reruns_the_rest(tmp_path):
 def test_schedule_has_no_job_when_everything_is_done(tmp_path):
     plan = load_plan("smoke", CONF)
     results = tmp_path / "smoke"
+    done = {"status": "ok", "overrides": list(plan.overrides), "conf_digest": conf_digest("hf", "tiny-llama", "bf16")}
     for bs in (1, 2):
-        write_json(
-            results / f"hf/tiny-llama/bf16/bs{bs}/summary.json", {"status": "ok", "overrides": list(plan.overrides)}
-        )
+        write_json(results / f"hf/tiny-llama/bf16/bs{bs}/summary.json", done)
     assert schedule(plan, results, CONF).jobs == ()

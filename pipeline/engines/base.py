@@ -78,6 +78,11 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         """Re-tokenize output text with the model's tokenizer (output_tokens_retok)."""
 
+    def weight_bytes(self) -> dict | None:
+        """Exact {"total", "read_per_step"} bytes of the loaded weights when the engine's file
+        says (quantized formats keep some tensors wider); None: count from the architecture."""
+        return None
+
     def probe_target(self) -> tuple[str, str] | None:
         """(torch device, torch dtype) on which to measure the machine's peaks, or None."""
         return None

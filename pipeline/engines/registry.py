@@ -8,6 +8,9 @@ from pipeline.engines.base import Engine
 
 ENGINES: dict[str, str] = {
     "hf": "pipeline.engines.hf:HFEngine",
+    "llama_cpp": "pipeline.engines.llama_cpp:LlamaCppEngine",
+    "mlc": "pipeline.engines.mlc:MLCEngine",
+    "vllm": "pipeline.engines.vllm:VLLMEngine",
 }
 
 

@@ -12,7 +12,7 @@ rule collect:
     log:
         f"{RESULTS}/logs/collect.log",
     conda:
-        "../../envs/hf.yaml"
+        "../../envs/pipeline.yaml"
     shell:
         f"{PYTHON} -m pipeline.collect --cells {{output.cells}} --requests {{output.requests}} {{input}} > {{log}} 2>&1"
 

@@ -3,6 +3,8 @@ from pipeline.workflow import model_overrides
 
 # A synthetic model (random weights, local tokenizer), built once and shared by every cell.
 rule materialize_model:
+    input:
+        f"{CONF_DIR}/model/{{model}}.yaml",
     output:
         f"{SCHEDULE.models_dir}/{{model}}/config.json",
     log:
@@ -14,3 +16,36 @@ rule materialize_model:
     shell:
         f"{PYTHON} -m pipeline.models {{wildcards.model}} --into $(dirname {{output}}) {{params.overrides}}"
         " > {log} 2>&1"
+
+
+# GGUF for llama.cpp: float files written from the HF directory...
+rule gguf_float:
+    input:
+        f"{SCHEDULE.models_dir}/{{model}}/config.json",
+    output:
+        f"{SCHEDULE.models_dir}/{{model}}/gguf/{{gguf_type}}.gguf",
+    log:
+        f"{SCHEDULE.models_dir}/logs/{{model}}-{{gguf_type}}.log",
+    wildcard_constraints:
+        gguf_type="F32|F16|BF16",
+    conda:
+        "../../envs/llama_cpp.yaml"
+    shell:
+        f"{PYTHON} -m pipeline.gguf_export $(dirname {{input}}) --type {{wildcards.gguf_type}} --out {{output}}"
+        " > {log} 2>&1"
+
+
+# ... and quantized ones made by llama.cpp's own quantizer from the F32 file.
+rule gguf_quantized:
+    input:
+        f"{SCHEDULE.models_dir}/{{model}}/gguf/F32.gguf",
+    output:
+        f"{SCHEDULE.models_dir}/{{model}}/gguf/{{gguf_type}}.gguf",
+    log:
+        f"{SCHEDULE.models_dir}/logs/{{model}}-{{gguf_type}}.log",
+    wildcard_constraints:
+        gguf_type="Q8_0|Q4_0|Q4_K_M",
+    conda:
+        "../../envs/llama_cpp.yaml"
+    shell:
+        f"{PYTHON} -m pipeline.gguf_export {{input}} --type {{wildcards.gguf_type}} --out {{output}} > {{log}} 2>&1"

@@ -14,7 +14,7 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     conda:
-        "../../envs/hf.yaml"
+        "../../envs/pipeline.yaml"
     shell:
         f"{PYTHON} -m pipeline.report --cells {{input.cells}} --requests {{input.requests}}"
         " --matrix-file {input.matrix} --out $(dirname {output.html}) > {log} 2>&1"

