@@ -122,7 +122,9 @@ class InstanceRunner:
             raise EngineFailure(ERROR, f"engine failed to start: {message[1]}")
         info = message[1]
         _log(f"engine ready in {time.perf_counter() - started:.1f}s (load {info['load_s']:.1f}s)")
-        return _EngineProcess(process, parent, info["load_s"], info["engine_version"], info["hardware"], info["peaks"])
+        return _EngineProcess(
+            process, parent, info["load_s"], info["engine_version"], info["hardware"], info["peaks"], info["weights"]
+        )
 
     def _stop_engine(self) -> None:
         if self.engine is not None:
