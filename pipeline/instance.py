@@ -101,6 +101,7 @@ class InstanceRunner:
         self.engine: _EngineProcess | None = None
         self._process: multiprocessing.Process | None = None  # tracked from its start, so it is always killed
         self.engine_starts = 0
+        self.start_failure: EngineFailure | None = None
         self.cell_reports: list[dict] = []
         self.catalog = hardware_catalog(CONF_DIR)
         self.startup_overhead_s = 0.0
@@ -212,8 +213,15 @@ class InstanceRunner:
     def _run_cell(self, cell: Cell, cfg: CellConfig, process_started: float) -> None:
         cell_started = time.perf_counter()
         try:
+            if self.start_failure is not None:
+                # a start failure is not about batch size: do not pay a load (or its timeout) per cell
+                raise self.start_failure
             if self.engine is None:
-                self.engine = self._start_engine(cfg)
+                try:
+                    self.engine = self._start_engine(cfg)
+                except EngineFailure as failure:
+                    self.start_failure = failure
+                    raise
                 if self.engine_starts == 1:
                     # imports, config, process spawn: everything before the first cell minus loading
                     self.startup_overhead_s = time.perf_counter() - process_started - self.engine.load_s

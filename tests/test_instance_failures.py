@@ -115,6 +115,8 @@ def test_an_engine_that_cannot_start_fails_every_cell_with_its_reason(tmp_path, 
         assert result["error"].startswith("engine failed to start: RuntimeError:")
         assert "warp_drive" in result["error"]
         assert (results / f"hf/tiny-llama/fp32/bs{bs}/requests.csv").exists()
+    # the start is not retried per batch size
+    assert json.loads((results / "hf/tiny-llama/fp32/instance.json").read_text())["engine_starts"] == 1
 
 
 def test_an_invalid_cell_config_is_an_error_row_not_a_crash(tmp_path, models_dir):

@@ -261,7 +261,9 @@ def expected_plots(cells: pd.DataFrame) -> set[str]:
 def smoke_run(tmp_path_factory, models_dir):
     """The smoke matrix, really run: its cells.csv and requests.csv."""
     workdir = tmp_path_factory.mktemp("report-smoke")
-    run = run_snakemake(workdir, "--cores", "2", "--config", "matrix=smoke", f"models_dir={models_dir}")
+    run = run_snakemake(
+        workdir, "--cores", "2", "--config", "matrix=smoke", f"models_dir={models_dir}", "tracking=false"
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = workdir / "results/smoke"
     return results / "cells.csv", results / "requests.csv"

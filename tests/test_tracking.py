@@ -69,7 +69,9 @@ def add_failed_cell(results: Path) -> None:
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory, models_dir) -> Path:
     workdir = tmp_path_factory.mktemp("tracking-results")
-    run = run_snakemake(workdir, "--cores", "2", "--config", "matrix=smoke", f"models_dir={models_dir}")
+    run = run_snakemake(
+        workdir, "--cores", "2", "--config", "matrix=smoke", f"models_dir={models_dir}", "tracking=false"
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = workdir / "results/smoke"
     assert set(pd.read_csv(results / "cells.csv").status) == {"ok"}, "the smoke matrix should measure every cell"

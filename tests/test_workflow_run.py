@@ -60,6 +60,9 @@ def test_every_cell_becomes_a_row(first_run):
     unsupported = cells[cells.status == "unsupported"]
     assert unsupported.error.str.contains("precision int4 is not supported by engine hf").all()
     assert "6 cells (4 ok, 2 unsupported)" in run.stderr
+    # the report and the MLflow runs (the default store: mlflow.db in the working directory)
+    assert (workdir / "reports/wf/index.html").is_file() and (workdir / "mlflow.db").is_file()
+    assert json.loads((workdir / "results/wf/tracking.done").read_text())["logged"] == 6
 
 
 def test_requests_csv_has_one_row_per_measured_request(first_run):
