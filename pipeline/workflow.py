@@ -129,10 +129,9 @@ def schedule(plan: Plan, results_dir: Path, conf_dir: Path, matrix_file: Path | 
     synthetic = tuple(m for m in models if _is_synthetic(m, base.model, plan.overrides, conf_dir))
     models_dir = base.models_dir
 
+    digests = {instance: conf_digest(*instance, conf_dir) for instance in {cell.instance for cell in plan.cells}}
     states = {
-        cell: cell_state(
-            read_summary(summary_path(results_dir, cell)), plan.overrides, conf_digest(*cell.instance, conf_dir)
-        )
+        cell: cell_state(read_summary(summary_path(results_dir, cell)), plan.overrides, digests[cell.instance])
         for cell in plan.cells
     }
     jobs = []

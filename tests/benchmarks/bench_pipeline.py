@@ -40,6 +40,7 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None) -> tuple[float
 
 
 def bench_default_matrix(workdir: Path) -> None:
+    """Run the default matrix (MLflow to a store in the workdir), then print where the time went."""
     wall, _ = snakemake(workdir, "--cores", "2")
     cells = pd.read_csv(workdir / "results/default/cells.csv")
     instances = [json.loads(p.read_text()) for p in (workdir / "results/default").rglob("instance.json")]
@@ -85,6 +86,30 @@ def bench_default_matrix(workdir: Path) -> None:
             index=False, float_format=lambda v: f"{v:.4f}"
         )
     )
+    print_roofline(ok)
+
+
+def print_roofline(ok: pd.DataFrame) -> None:
+    print("\nroofline (MBU against the bandwidth measured on this machine; bytes per step from the architecture):")
+    columns = [
+        "cell_id",
+        "bytes_per_step",
+        "tpot_floor_measured_s",
+        "tpot_s_p50",
+        "achieved_bandwidth_gbs",
+        "peak_bandwidth_measured_gbs",
+        "mbu_measured",
+        "bound",
+    ]
+    print(ok[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    batch1 = ok[ok.batch_size == 1].set_index(["model", "precision"])["mbu_measured"]
+    for precision in sorted({p for _, p in batch1.index}):
+        small, tiny = batch1.get(("small-llama", precision)), batch1.get(("tiny-llama", precision))
+        if small is not None and tiny is not None:
+            print(
+                f"batch 1 {precision}: small-llama MBU {small:.1%} vs tiny-llama {tiny:.1%} "
+                f"({small / tiny:.1f}x: the tiny model is overhead bound)"
+            )
 
 
 def _big_conf(tmp: Path, models: int) -> Path:
@@ -132,8 +157,13 @@ def bench_dry_run(tmp: Path, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-run", action="store_true", help="only the dry-run planning benchmark")
+    parser.add_argument("--roofline-of", type=Path, help="only print the roofline table of this cells.csv")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.roofline_of:
+        cells = pd.read_csv(args.roofline_of)
+        print_roofline(cells[cells.status == "ok"])
+        return
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         bench_dry_run(Path(tmp), args.repeats)
         if not args.skip_run:
