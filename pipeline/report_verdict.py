@@ -267,9 +267,43 @@ def model_verdict(model: str, cells: pd.DataFrame) -> ModelVerdict:
         latency_sentence(verdict.latency, cells),
         throughput_sentence(verdict.throughput),
         batch_sentence(verdict.by_batch),
+        *precision_sentences(cells),
     ]
     verdict.sentences = [s for s in sentences if s]
     return verdict
+
+
+def precision_sentences(cells: pd.DataFrame) -> list[str]:
+    """The notebook's precision argument, per engine at batch 1: fewer bytes per decode step
+    should mean a lower TPOT when decode is bandwidth bound. Said only when the data says it."""
+    if "bytes_per_step" not in cells:
+        return []
+    sentences = []
+    ok = cells[(cells["status"] == "ok") & (cells["batch_size"] == 1)].dropna(subset=[LATENCY, "bytes_per_step"])
+    for engine, group in ok.groupby("engine", sort=True):
+        if group["precision"].nunique() < 2:
+            continue
+        wide = group.loc[group["bytes_per_step"].idxmax()]
+        narrow = group.loc[group["bytes_per_step"].idxmin()]
+        fewer = wide["bytes_per_step"] / narrow["bytes_per_step"]
+        speedup = wide[LATENCY] / narrow[LATENCY]
+        noise = max(as_number(wide.get("output_tok_s_spread")) or 0, as_number(narrow.get("output_tok_s_spread")) or 0)
+        head = (
+            f"Precision ({engine}, batch 1): {narrow['precision']} reads {fewer:.1f}x fewer bytes per decode step "
+            f"than {wide['precision']}"
+        )
+        if abs(speedup - 1) <= noise:
+            sentences.append(f"{head}, but their TPOT cannot be told apart (within the run-to-run spread).")
+        elif speedup > 1:
+            sentences.append(
+                f"{head} and its TPOT is {speedup:.1f}x lower: decode moves bytes, fewer bytes are faster."
+            )
+        else:
+            sentences.append(
+                f"{head}, yet its TPOT is {1 / speedup:.1f}x higher: here decode is not limited by bytes "
+                "(dequantization or kernel overhead dominates)."
+            )
+    return sentences
 
 
 def failure_sentence(cells: pd.DataFrame) -> str | None:

@@ -479,3 +479,34 @@ def test_python_m_pipeline_report_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "Fastest single stream (lowest TPOT p50 at batch 1): A bf16" in (tmp_path / "out/index.html").read_text()
+
+
+def _precision_cells(tpot_bf16: float, spread: float = 0.02) -> pd.DataFrame:
+    rows = [
+        {
+            "cell_id": f"hf/m/{p}/bs1",
+            "engine": "hf",
+            "model": "m",
+            "precision": p,
+            "batch_size": 1,
+            "status": "ok",
+            "tpot_s_p50": t,
+            "output_tok_s": 1 / t,
+            "output_tok_s_spread": spread,
+            "bytes_per_step": b,
+        }
+        for p, t, b in (("fp32", 0.040, 4e8), ("bf16", tpot_bf16, 2e8))
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_precision_sentence_states_the_bandwidth_argument_only_when_the_data_does():
+    from pipeline.report_verdict import precision_sentences
+
+    (faster,) = precision_sentences(_precision_cells(0.025))
+    assert "bf16 reads 2.0x fewer bytes per decode step than fp32 and its TPOT is 1.6x lower" in faster
+    (slower,) = precision_sentences(_precision_cells(0.060))
+    assert "yet its TPOT is 1.5x higher" in slower
+    (tied,) = precision_sentences(_precision_cells(0.039, spread=0.05))
+    assert "cannot be told apart" in tied
+    assert precision_sentences(_precision_cells(0.025).drop(columns="bytes_per_step")) == []
