@@ -20,7 +20,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -283,8 +283,6 @@ def _conf_dir() -> Path:
 
     return CONF_DIR
 
-
-__all__ = ["ModelShape", "cell_roofline", "select_hardware", "weight_bytes", "asdict"]
 
 if __name__ == "__main__":
     sys.exit(main())
