@@ -40,6 +40,7 @@ class Engine(ABC):
     import_name: ClassVar[str]
     distribution: ClassVar[str]
     env_file: ClassVar[str]
+    other_distributions: ClassVar[tuple[str, ...]] = ()  # the same engine under other names (builds)
 
     def __init__(self, cfg: CellConfig, max_batch_size: int, threads: int | None):
         self.cfg = cfg
@@ -57,10 +58,14 @@ class Engine(ABC):
             ) from exc
 
     def version(self) -> str:
-        try:
-            return importlib.metadata.version(self.distribution)
-        except importlib.metadata.PackageNotFoundError:
-            return "unknown"
+        """The distribution's version; named too when the engine ships under several names."""
+        for name in (self.distribution, *self.other_distributions):
+            try:
+                version = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            return f"{name} {version}" if self.other_distributions else version
+        return "unknown"
 
     @abstractmethod
     def load(self) -> None:

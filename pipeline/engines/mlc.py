@@ -19,17 +19,8 @@ from pipeline.engines.base import Engine, RequestResult
 class MLCEngine(Engine):
     import_name = "mlc_llm"
     distribution = "mlc-llm"
+    other_distributions = ("mlc-llm-nightly-cu128", "mlc-llm-nightly-cu130", "mlc-llm-nightly-cpu")
     env_file = "envs/mlc.yaml"
-
-    def version(self) -> str:
-        import importlib.metadata
-
-        for name in ("mlc-llm", "mlc-llm-nightly-cu128", "mlc-llm-nightly-cu130", "mlc-llm-nightly-cpu"):
-            try:
-                return f"{name} {importlib.metadata.version(name)}"
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return "unknown"
 
     def model_location(self) -> str:
         """The MLC build for this precision: model.builds[<quantization code>] or model.path."""

