@@ -35,6 +35,45 @@ def _build(cls, section: str, values: dict[str, Any]):
     return cls(**values)
 
 
+SERVER_APIS = ("completions", "chat")
+PROMPT_FORMATS = ("token_ids", "text")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How a server-mode engine is started and spoken to (engine.server in conf/engine/*_server.yaml).
+
+    `command` is the launch command, one argument per item, with {placeholders} filled in by
+    pipeline.engines.server (see conf/engine/vllm_server.yaml); empty means nothing is started
+    and `base_url` is measured as it is.
+    """
+
+    command: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)  # appended to command: the easy place for a user's flags
+    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
+    base_url: str | None = None  # an endpoint someone else runs (no command)
+    served_model: str | None = None  # the model name the server answers to (default: model.name)
+    api_key_env: str | None = None  # the environment variable holding the endpoint's API key
+    api: str = "completions"  # /v1/completions or /v1/chat/completions
+    prompt_format: str = "token_ids"  # token_ids: exact by construction; text: checked against usage
+    ready_path: str = "/v1/models"  # polled until it answers 200
+    body: dict[str, Any] = field(default_factory=dict)  # extra request fields; "{output_tokens}" is filled in
+    stop_timeout_s: float = 15.0  # SIGTERM, then SIGKILL after this long
+
+    def __post_init__(self):
+        _require(bool(self.command) or bool(self.base_url), "engine.server: give a launch command or a base_url")
+        _require(self.api in SERVER_APIS, f"engine.server.api must be one of {SERVER_APIS}, got {self.api!r}")
+        _require(
+            self.prompt_format in PROMPT_FORMATS,
+            f"engine.server.prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}",
+        )
+        _require(
+            self.api == "completions" or self.prompt_format == "text",
+            "engine.server: the chat API takes text prompts only (prompt_format: text)",
+        )
+        _require(self.ready_path.startswith("/"), "engine.server.ready_path must start with /")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     name: str
@@ -47,10 +86,15 @@ class EngineConfig:
     threads: int | None = None
     load_timeout_s: float = 600.0
     options: dict[str, Any] = field(default_factory=dict)
+    server: ServerSettings | dict | None = None  # mode: server only
 
     def __post_init__(self):
         _require(bool(self.name), "engine.name must not be empty")
         _require(self.mode in ENGINE_MODES, f"engine.mode must be one of {ENGINE_MODES}, got {self.mode!r}")
+        if self.mode == "server":
+            _require(self.server is not None, f"engine {self.name}: mode server needs an engine.server section")
+            if isinstance(self.server, dict):  # frozen: set once, while validating
+                object.__setattr__(self, "server", _build(ServerSettings, "engine.server", self.server))
         bad = sorted(set(self.precisions) - set(PRECISIONS))
         _require(
             not bad,
@@ -132,8 +176,17 @@ class WorkloadConfig:
     repeats: int = 3
     seed: int = 0
     timeout_s: float = 600.0
+    # server engines only: Poisson arrivals at this many requests/s (open loop) instead of
+    # batch_size requests in flight (closed loop); and the client processes that send them
+    request_rate: float | None = None
+    client_processes: int = 1
 
     def __post_init__(self):
+        _require(
+            self.request_rate is None or self.request_rate > 0,
+            f"workload.request_rate must be > 0 or null, got {self.request_rate}",
+        )
+        _require(self.client_processes >= 1, f"workload.client_processes must be >= 1, got {self.client_processes}")
         _require(self.input_tokens >= 1, f"workload.input_tokens must be >= 1, got {self.input_tokens}")
         # TPOT needs at least two tokens: (e2e - ttft) / (output_tokens - 1)
         _require(self.output_tokens >= 2, f"workload.output_tokens must be >= 2, got {self.output_tokens}")

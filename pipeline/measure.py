@@ -1,4 +1,5 @@
-"""Run one cell's workload on a loaded engine: warmup, then repeats of full-batch waves."""
+"""Run one cell's workload on a loaded engine: warmup, then repeats of full-batch waves
+(in-process engines) or of streamed requests under a load pattern (server engines)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def measure_cell(engine: Engine, cell: CellConfig, progress=print) -> dict:
     batch_size prompts are submitted together per wave; warmup waves run first and are
     not recorded. Each repeat sends at least workload.num_requests requests.
     """
+    if engine.serves_streams:
+        return measure_streams(engine, cell, progress)
+    if cell.workload.request_rate is not None:
+        raise ValueError(
+            "workload.request_rate (open-loop arrivals) needs a server engine (engine=<name>_server or openai)"
+        )
     workload, bs = cell.workload, cell.batch_size
     vocab = engine.vocab_size()
 
@@ -41,6 +48,58 @@ def measure_cell(engine: Engine, cell: CellConfig, progress=print) -> dict:
         progress(f"repeat {repeat + 1}/{workload.repeats}: {n_waves} wave(s) of {bs}")
     measure_s = time.perf_counter() - measure_start
 
+    return _result(engine, records, warmup_s, measure_s, measure_start)
+
+
+def measure_streams(engine, cell: CellConfig, progress=print) -> dict:
+    """A server engine: per repeat, the same number of requests as the offline waves, sent by the
+    streaming client either closed loop (batch_size in flight) or open loop (request_rate)."""
+    from pipeline.client import Load
+
+    workload, bs = cell.workload, cell.batch_size
+    load = Load(
+        concurrency=bs,
+        request_rate=workload.request_rate,
+        processes=workload.client_processes,
+        seed=workload.seed,
+        timeout_s=workload.timeout_s,
+    )
+    vocab = engine.vocab_size()
+
+    def prompts(count: int, stream: str) -> list[list[int]]:
+        return make_prompts(count, workload.input_tokens, vocab, workload.seed, f"bs{bs}/{stream}")
+
+    engine.reset_peak_memory()
+    started = time.perf_counter()
+    if workload.warmup_requests:
+        engine.stream(prompts(max(workload.warmup_requests, bs), "warmup"), workload.output_tokens, load)
+    warmup_s = time.perf_counter() - started
+
+    records, clients = [], []
+    measure_start = time.perf_counter()
+    count = waves(workload.num_requests, bs) * bs
+    for repeat in range(workload.repeats):
+        results, client = engine.stream(prompts(count, f"r{repeat}"), workload.output_tokens, load)
+        clients.append(client)
+        for index, result in enumerate(results):
+            record = request_record(result, engine.count_tokens, workload.input_tokens)
+            record.update(repeat=repeat, wave=None, request=index)
+            records.append(record)
+        pattern = f"{workload.request_rate:g} req/s" if workload.request_rate else f"{bs} in flight"
+        busy = " (the client was saturated: add workload.client_processes)" if client["saturated"] else ""
+        progress(f"repeat {repeat + 1}/{workload.repeats}: {count} requests, {pattern}{busy}")
+    measure_s = time.perf_counter() - measure_start
+    result = _result(engine, records, warmup_s, measure_s, measure_start)
+    result["client"] = {
+        "processes": clients[0]["processes"],
+        "cpu_share_max": max(c["cpu_share"] for c in clients),
+        "max_loop_lag_s": max(c["max_loop_lag_s"] for c in clients),
+        "saturated": any(c["saturated"] for c in clients),
+    }
+    return result
+
+
+def _result(engine: Engine, records: list[dict], warmup_s: float, measure_s: float, measure_start: float) -> dict:
     # Times relative to the start of measurement: readable, and comparable across cells.
     for record in records:
         for key in ("t_send", "t_end"):

@@ -28,7 +28,7 @@ def request_record(result: RequestResult, count_tokens: Callable[[str], int], in
     record = {
         "success": result.success,
         "error": result.error,
-        "input_tokens": input_tokens,
+        "input_tokens": result.input_tokens if result.input_tokens is not None else input_tokens,
         "output_tokens": result.output_tokens,
         "output_tokens_retok": None,
         "chunks": len(result.chunk_times),

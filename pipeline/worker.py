@@ -51,7 +51,10 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
         try:
             conn.send(("done", measure_cell(engine, cell, progress)))
         except Exception as exc:  # an OOM at one batch size must not end the others
-            conn.send(("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            alive = engine.alive()  # False: its server died; the supervisor starts a fresh engine
+            conn.send(("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc(), alive))
+            if not alive:
+                break
     engine.close()
 
 

