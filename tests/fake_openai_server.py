@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import time
@@ -47,6 +48,14 @@ def _response(status: int, body: bytes, content_type: str = "application/json") 
 def _event(payload: dict | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+@functools.cache
+def _token_event(kind: str, i: int) -> bytes:
+    """Token i's event, encoded once: in throughput mode the server's work must stay small."""
+    text = f" w{i}"
+    choice = {"index": 0, "delta": {"content": text}} if kind.startswith("chat") else {"index": 0, "text": text}
+    return _event({"object": kind, "choices": [choice]})
 
 
 def _chunk(data: bytes) -> bytes:
@@ -135,9 +144,7 @@ class _Server(asyncio.Protocol):
                 await asyncio.sleep(due - loop.time() - SPIN_S)
             while loop.time() < due:
                 pass
-            text = f" w{i}"
-            choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
-            pending.append(_event({"object": kind, "choices": [choice]}))
+            pending.append(_token_event(kind, i))
             if len(pending) >= ARGS.events_per_write:
                 write(_chunk(b"".join(pending)))
                 pending.clear()

@@ -3,6 +3,7 @@ the `openai` engine against stand-in servers with a known schedule or a known fa
 vLLM's and llama.cpp's own servers on the tiny model."""
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -177,3 +178,44 @@ def test_llama_cpp_server_cells_with_exact_text_prompts(tmp_path, models_dir):
         check_rows(path, 4)  # input_tokens: text prompts re-tokenized by the server to exactly 16
     assert "--interrupt_requests false" in run.stderr
     assert running_with(str(gguf)) == []
+
+
+STAND_IN = """import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STAND_IN_ARGV"], "w") as log:
+    json.dump(args, log)
+port = args[args.index("--port") + 1]
+os.execv(sys.executable, [sys.executable, {server!r}, "--port", port, "--ttft", "0", "--itl", "0.002"])
+"""
+
+
+@pytest.mark.parametrize("engine", ["mlc_server", "sglang_server"])
+def test_gpu_only_server_configs_launch_with_a_fake_binary(tmp_path, models_dir, engine, monkeypatch):
+    """MLC-LLM and SGLang cannot be installed here: stand-ins named like them (`mlc_llm` on PATH,
+    a `sglang.launch_server` module) record the command line the engine config builds, then
+    serve. What is checked is the launch, the flags mapped from the cell, and the measurement."""
+    bin_dir = tmp_path / "bin"
+    (bin_dir / "sglang").mkdir(parents=True)
+    stand_in = STAND_IN.format(server=str(FAKE_SERVER))
+    (bin_dir / "mlc_llm").write_text(f"#!{sys.executable}\n{stand_in}")
+    (bin_dir / "mlc_llm").chmod(0o755)
+    (bin_dir / "sglang" / "__init__.py").write_text("")
+    (bin_dir / "sglang" / "launch_server.py").write_text(stand_in)
+    argv_log = tmp_path / "argv.json"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(bin_dir))
+    monkeypatch.setenv("STAND_IN_ARGV", str(argv_log))
+    precision = "int4" if engine == "mlc_server" else "bf16"
+    overrides = [f"models_dir={models_dir}", "engine.server.extra_args=[]"]
+    (summary,), (requests,), _ = run_instance(tmp_path, engine, (2,), *overrides, *WORKLOAD, precision=precision)
+    assert summary["status"] == "ok", summary["error"]
+    check_rows(requests, 4)
+    argv = json.loads(argv_log.read_text())
+    model = str(models_dir / "tiny-llama")
+    if engine == "mlc_server":
+        assert argv[:2] == ["serve", model] and "--enable-debug" in argv
+        assert "max_num_sequence=2;max_total_seq_length=24" in argv
+    else:
+        assert argv[argv.index("--model-path") + 1] == model
+        assert argv[argv.index("--dtype") + 1] == "bfloat16"
+        assert argv[argv.index("--max-running-requests") + 1] == "2"

@@ -56,16 +56,7 @@ class LlamaCppEngine(Engine):
         return [result]
 
     def weight_bytes(self) -> dict | None:
-        """From the GGUF's tensor table: llama.cpp keeps some tensors wider than the file type
-        (Q4_0 files hold a Q6_K output matrix; rows not divisible by 32 fall back to F16)."""
-        try:
-            import gguf
-        except ImportError:
-            return None
-        tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(self.path)).tensors}
-        embedding = tensors.get("token_embd.weight", 0)
-        # one embedding row per token is read, not the table
-        return {"total": sum(tensors.values()), "read_per_step": sum(tensors.values()) - embedding}
+        return gguf_weight_bytes(self.path)
 
     def probe_target(self) -> tuple[str, str]:
         return "cpu", "float32"  # llama.cpp computes on the CPU here; its kernels are not torch's
@@ -73,3 +64,16 @@ class LlamaCppEngine(Engine):
     def close(self) -> None:
         if getattr(self, "llm", None) is not None:
             self.llm.close()
+
+
+def gguf_weight_bytes(path: str | Path) -> dict | None:
+    """From the GGUF's tensor table: llama.cpp keeps some tensors wider than the file type
+    (Q4_0 files hold a Q6_K output matrix; rows not divisible by 32 fall back to F16)."""
+    try:
+        import gguf
+    except ImportError:
+        return None
+    tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
+    embedding = tensors.get("token_embd.weight", 0)
+    # one embedding row per token is read, not the table
+    return {"total": sum(tensors.values()), "read_per_step": sum(tensors.values()) - embedding}

@@ -330,6 +330,11 @@ class LlamaCppServer(ServerEngine):
     def model_argument(self) -> str:
         return str(gguf_path(self.cfg.model, self.cfg.models_dir, self.cfg.engine_precision))
 
+    def weight_bytes(self) -> dict | None:
+        from pipeline.engines.llama_cpp import gguf_weight_bytes
+
+        return gguf_weight_bytes(self.model_argument())
+
     def probe_target(self) -> tuple[str, str]:
         return "cpu", "float32"
 
