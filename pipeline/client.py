@@ -17,6 +17,7 @@ monotonic clock on Linux, so their times are comparable).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import multiprocessing
 import random
@@ -408,10 +409,12 @@ def _run_process(target: Target, requests: list[bytes], load: Load, start_at: fl
 
 def run_load(target: Target, requests: list[bytes], load: Load) -> ClientRun:
     """Send every request with the given load pattern; block until all have ended."""
-    if load.processes == 1 or len(requests) < load.processes:
+    # never more processes than requests, nor (closed loop) than requests in flight
+    n = min(load.processes, len(requests), load.concurrency if load.request_rate is None else load.processes)
+    if n <= 1:
         responses, cpu_s, lag, wall_s = _run_process(target, requests, load, None)
         return ClientRun(responses, wall_s, cpu_s, lag, 1)
-    n = load.processes
+    load = dataclasses.replace(load, processes=n)
     shares = [requests[i::n] for i in range(n)]
     start_at = time.perf_counter() + 1.0  # room for the processes to start
     with multiprocessing.get_context("spawn").Pool(n) as pool:

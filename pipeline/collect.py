@@ -37,6 +37,9 @@ META_COLUMNS = [
     "output_tokens_target",
     "num_requests",
     "repeats",
+    "request_rate",
+    "client_cpu_share",
+    "client_saturated",
     "overrides",
 ]
 
@@ -56,8 +59,11 @@ def cell_row(summary: dict) -> dict:
         output_tokens_target=workload.get("output_tokens"),
         num_requests=workload.get("num_requests"),
         repeats=workload.get("repeats"),
+        request_rate=workload.get("request_rate"),
         overrides=" ".join(summary.get("overrides") or []),
     )
+    client = summary.get("client") or {}  # server engines: could the client keep up?
+    row.update(client_cpu_share=client.get("cpu_share_max"), client_saturated=client.get("saturated"))
     return row
 
 

@@ -330,6 +330,22 @@ def flag_sentence(cells: pd.DataFrame) -> str | None:
     )
 
 
+def client_sentence(cells: pd.DataFrame) -> str | None:
+    """Server cells whose client process was nearly always busy: their speed may be the client's."""
+    if "client_saturated" not in cells:
+        return None
+    busy = cells[cells["client_saturated"].map(lambda v: v is True or str(v).lower() == "true")]
+    if busy.empty:
+        return None
+    ids = busy["cell_id"].astype(str).tolist()
+    shown = ", ".join(ids[:FLAGS_NAMED]) + (f" and {len(ids) - FLAGS_NAMED} more" if len(ids) > FLAGS_NAMED else "")
+    return (
+        f"{len(ids)} server cell(s) were measured by a client busy over 90% of the time ({shown}): their "
+        "throughput may be the client's limit, not the server's. Measure them again with more "
+        "workload.client_processes."
+    )
+
+
 def flagged_cells(cells: pd.DataFrame) -> pd.DataFrame:
     if ROOFLINE_FLAG not in cells:
         return cells.iloc[0:0]
@@ -342,7 +358,7 @@ def verdict(cells: pd.DataFrame) -> Verdict:
     if cells.empty:
         result.overall.append("The table has no cells.")
         return result
-    result.overall = [s for s in (failure_sentence(cells), flag_sentence(cells)) if s]
+    result.overall = [s for s in (failure_sentence(cells), flag_sentence(cells), client_sentence(cells)) if s]
     for model, group in cells.groupby("model", sort=True):
         mv = model_verdict(str(model), group)
         if mv.sentences:

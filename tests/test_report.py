@@ -230,6 +230,18 @@ def test_the_verdict_names_a_few_flagged_cells_and_counts_the_rest():
     assert "bs6" not in flags
 
 
+def test_a_saturated_client_is_named_in_the_verdict():
+    cells = table(
+        cell("vllm_server", tok_s=900, client_saturated=True),
+        cell("vllm", tok_s=800),
+        cell("llama_cpp_server", tok_s=700, client_saturated=False),
+    )
+    notes = [s for s in verdict(cells).overall if "client" in s]
+    assert len(notes) == 1 and notes[0].startswith("1 server cell(s) were measured by a client busy over 90%")
+    assert "vllm_server/m/bf16/bs1" in notes[0] and "llama_cpp_server" not in notes[0]
+    assert not [s for s in verdict(table(cell("A"), cell("B"))).overall if "client" in s]
+
+
 def test_box_stats_follow_tukey():
     stats = box_stats([1, 2, 3, 4, 5, 6, 7, 8, 100])
     assert (stats.q1, stats.median, stats.q3) == (3, 5, 7)

@@ -29,6 +29,7 @@ from pipeline.lifetime import die_with_parent
 from pipeline.models import gguf_path, model_source
 
 HOST = "127.0.0.1"
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server is never behind a proxy
 
 
 class ServerFailed(RuntimeError):
@@ -145,7 +146,7 @@ class ServerEngine(Engine):
                     f"its last output:\n{self._last_lines()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:
+                with NO_PROXY.open(url, timeout=5) as response:
                     if response.status == 200:
                         return
                     last = f"HTTP {response.status}"

@@ -121,18 +121,34 @@ def vllms(url: str, concurrency: int, requests: int, tokens: int, core: str | No
     }
 
 
+def pinned(client: str, url: str, concurrency: int, requests: int, tokens: int) -> dict:
+    """One client run in a process of its own on the client core."""
+    if client == "vllm":
+        return vllms(url, concurrency, requests, tokens, core=CLIENT_CORE)
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "from tests.benchmarks.bench_client import ours\n"
+        f"print(json.dumps(ours({url!r}, {concurrency}, {requests}, {tokens})))\n"
+    )
+    run = subprocess.run(["taskset", "-c", CLIENT_CORE, sys.executable, "-c", code], capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(run.stderr[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def fidelity(repeat: int) -> None:
     print(f"== timing fidelity: schedule TTFT {TTFT * 1e3:.0f} ms, TPOT {ITL * 1e3:.0f} ms, {TOKENS} tokens ==")
+    print(f"server pinned to core {SERVER_CORE}, clients to core {CLIENT_CORE}")
     print("client   conc  TTFT ms (vs schedule, vs server log)   TPOT ms (vs schedule)")
-    server, url = start_server("--ttft", str(TTFT), "--itl", str(ITL))
+    server, url = start_server("--ttft", str(TTFT), "--itl", str(ITL), core=SERVER_CORE)
     try:
         for concurrency in (1, 16):
             requests = 16 if concurrency == 1 else 64
-            for name, client in (("ours", ours), ("vllm", vllms)):
+            for name in ("ours", "vllm"):
                 rows = []
                 for _ in range(repeat):
                     before = len(server_stats(url))
-                    measured = client(url, concurrency, requests, TOKENS)
+                    measured = pinned(name, url, concurrency, requests, TOKENS)
                     log = server_stats(url)[before:]
                     server_ttft = 1e3 * statistics.median(s["sent"][0] - s["arrived"] for s in log)
                     rows.append((measured["ttft_ms"], server_ttft, measured["tpot_ms"]))
@@ -154,20 +170,7 @@ def capacity(streams: int, tokens: int, repeat: int) -> None:
         results = {"ours": [], "vllm": []}
         for _ in range(repeat):
             for name in results:
-                if name == "ours":
-                    code = (
-                        f"import json, sys; sys.path.insert(0, {str(REPO)!r})\n"
-                        "from tests.benchmarks.bench_client import ours\n"
-                        f"print(json.dumps(ours({url!r}, {streams}, {streams}, {tokens})))\n"
-                    )
-                    run = subprocess.run(
-                        ["taskset", "-c", CLIENT_CORE, sys.executable, "-c", code], capture_output=True, text=True
-                    )
-                    if run.returncode:
-                        raise RuntimeError(run.stderr[-2000:])
-                    measured = json.loads(run.stdout.strip().splitlines()[-1])
-                else:
-                    measured = vllms(url, streams, streams, tokens, core=CLIENT_CORE)
+                measured = pinned(name, url, streams, streams, tokens)
                 results[name].append((measured["chunks_per_s"], measured.get("client_cpu_share")))
         for name, rows in results.items():
             rate = statistics.median(r[0] for r in rows)
