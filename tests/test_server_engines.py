@@ -81,6 +81,24 @@ def test_openai_endpoint_cell_measures_the_known_schedule(tmp_path, models_dir):
     assert summary["client"]["processes"] == 1 and summary["client"]["saturated"] is False
 
 
+def test_open_loop_cell_and_an_offline_engine_refusing_it(tmp_path, models_dir):
+    marker = f"fake-{uuid.uuid4().hex[:8]}"
+    open_loop = [*WORKLOAD, "workload.request_rate=40", "workload.num_requests=8"]
+    (served,), (requests,), _ = run_instance(
+        tmp_path, "openai", (2,), f"models_dir={models_dir}", *launched_fake(marker, "--itl", "0.002"), *open_loop
+    )
+    assert served["status"] == "ok", served["error"]
+    rows = check_rows(requests, 8)
+    # arrivals do not wait for earlier requests: at 40/s more than batch_size (2) are in flight at once
+    in_flight = max(((rows.t_send <= t) & (rows.t_end > t)).sum() for t in rows.t_send)
+    assert in_flight > 2
+    (offline,), _, _ = run_instance(tmp_path, "hf", (1,), f"models_dir={models_dir}", *open_loop)
+    assert (
+        offline["status"] == "error"
+        and "workload.request_rate (open-loop arrivals) needs a server" in (offline["error"])
+    )
+
+
 def launched_fake(marker: str, *args: str) -> list[str]:
     """Overrides that make the `openai` engine launch the stand-in server itself, like a real engine."""
     command = ["{python}", str(FAKE_SERVER), "--port", "{port}", "--model", marker, *args]
