@@ -87,6 +87,7 @@ class EngineConfig:
     load_timeout_s: float = 600.0
     options: dict[str, Any] = field(default_factory=dict)
     server: ServerSettings | dict | None = None  # mode: server only
+    environment: str | None = None  # envs/<environment>.yaml runs its jobs (default: the engine's name)
 
     def __post_init__(self):
         _require(bool(self.name), "engine.name must not be empty")

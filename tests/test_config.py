@@ -26,7 +26,7 @@ def test_overrides_reach_the_dataclasses():
         (
             ["workload.output_token=3"],
             "unknown setting 'workload.output_token': workload has no 'output_token'; "
-            "valid there: input_tokens, name, num_requests, output_tokens",
+            "valid there: client_processes, input_tokens, name, num_requests, output_tokens",
         ),
         (["engin.device=cpu"], "the top level has no 'engin'"),
         (["workload.output_tokens=1"], "workload.output_tokens must be >= 2"),
@@ -82,3 +82,25 @@ def test_to_override_quotes_what_hydra_would_misread(value, expected):
 def test_quoted_override_round_trips_through_hydra():
     cfg = compose_cell([to_override("engine.device", "cuda:1")])
     assert cfg.engine.device == "cuda:1"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["engine=openai", "engine.server.base_url=null"], "engine.server: give a launch command or a base_url"),
+        (["engine=openai", "engine.server.api=chat", "engine.server.prompt_format=token_ids"], "text prompts only"),
+        (["engine=vllm_server", "engine.server.api=stream"], "engine.server.api must be one of"),
+        (["engine=hf", "engine.mode=server"], "mode server needs an engine.server section"),
+        (["workload.request_rate=0"], "workload.request_rate must be > 0 or null"),
+    ],
+)
+def test_bad_server_settings_say_what_is_wrong(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_cell(overrides)
+
+
+def test_server_settings_compose_into_their_own_dataclass():
+    cfg = compose_cell(["engine=llama_cpp_server", "precision=int4"])
+    assert cfg.engine.server.prompt_format == "text" and "--interrupt_requests" in cfg.engine.server.command
+    assert cfg.engine.environment == "llama_cpp" and cfg.engine_precision == "Q4_0"
+    assert CellConfig.from_dict(cfg.to_dict()) == cfg  # what the engine process receives is the same config

@@ -35,10 +35,17 @@ def ci_core(leave_out: set[str] = frozenset()) -> set[str]:
 
 
 def test_every_engine_has_an_environment():
-    for engine in ENGINES:
-        assert (REPO / "envs" / f"{engine}.yaml").is_file(), engine
-    for conf in (CONF / "engine").glob("*.yaml"):
-        assert (REPO / "envs" / f"{conf.stem}.yaml").is_file(), conf
+    confs = {conf.stem: yaml.safe_load(conf.read_text()) for conf in (CONF / "engine").glob("*.yaml")}
+    assert set(confs) == set(ENGINES)
+    for name, conf in confs.items():
+        # a server engine runs in its engine's environment (vllm_server in envs/vllm.yaml)
+        assert (REPO / "envs" / f"{conf.get('environment') or name}.yaml").is_file(), name
+
+
+def test_the_gpu_only_sglang_environment_shares_the_pipeline_pins():
+    pins = pip_section(REPO / "envs/sglang.yaml")
+    assert any(p.startswith("sglang") for p in pins)
+    assert {p for p in pins if not p.startswith("sglang")} <= ci_core()
 
 
 @pytest.mark.parametrize("engine", CPU_ENGINES)
