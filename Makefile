@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip install --quiet
 CORES ?= all
 
-.PHONY: setup setup-engines setup-system run test lint
+.PHONY: setup setup-engines setup-system setup-slurm run test lint
 
 # The pipeline and the hf engine; rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -29,12 +29,18 @@ setup-engines: $(VENV)/.engines
 setup-system:
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
 
+# Debian's SLURM and MariaDB for the cluster tests (.ci/local_slurm.py starts a one-node cluster; needs root).
+setup-slurm:
+	command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null || (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	  slurmctld slurmd slurmdbd slurm-client mariadb-server)
+
 ## run: the default matrix (conf/matrix/default.yaml) -> results/default/cells.csv, reports/default/
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 ## test: the whole test suite, real engines, real snakemake runs and a real browser included
-test: setup-engines setup-system
+test: setup-engines setup-system setup-slurm
 	$(PYTHON) -m pytest -q
 
 lint: setup
