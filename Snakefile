@@ -5,6 +5,7 @@
 #   snakemake --cores 2 --config matrix=NAME               # conf/matrix/NAME.yaml (or a path)
 #   snakemake --cores 2 --config overrides="workload.output_tokens=16 workload.repeats=5"
 #   snakemake --cores 2 --config tracking=false            # no MLflow logging
+#   snakemake --profile profiles/slurm --config gpus=1     # on SLURM, one GPU per engine instance (README)
 #
 # The logic lives in the `pipeline` package; this file is the table of contents.
 import sys
@@ -12,11 +13,15 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from pipeline.compose import CONF_DIR
-from pipeline.workflow import load_schedule, python_command
+from pipeline.workflow import clear_stale_lock, load_schedule, python_command
 
+STALE = clear_stale_lock(workflow)
+if STALE:
+    print(STALE, file=sys.stderr)
 SCHEDULE = load_schedule(config, conf_dir=CONF_DIR)
 RESULTS = str(SCHEDULE.results_dir)
 PYTHON = python_command(workflow)
+PYTHON_EXEC = python_command(workflow, replace_shell=True)
 print(SCHEDULE.describe(), file=sys.stderr)
 
 

@@ -9,6 +9,11 @@ timeout, and writes each cell's result as soon as it is known. A timeout or a cr
 that cell (status `timeout`/`error`) and a fresh engine process takes the next one, so
 every finished cell is kept. The engine process is killed with its whole process group on
 any exit, so nothing is left holding a GPU.
+
+With --gpus N the instance first takes N GPU slots of its own (pipeline.gpu_slots; under
+SLURM the scheduler's assignment is used) and gives its engine exactly those devices.
+If the process that started it (Snakemake) dies, even by SIGKILL, it gets SIGTERM
+(pipeline.lifetime) and stops its engine: an interrupted workflow leaves nothing running.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from pathlib import Path
 from pipeline.compose import CONF_DIR, conf_digest
 from pipeline.config import CellConfig, ConfigError
 from pipeline.environment import describe_hardware, git_sha
+from pipeline.gpu_slots import NoGpuSlots, acquire, scheduler_devices
+from pipeline.lifetime import die_with_parent
 from pipeline.metrics import summarize
 from pipeline.planner import Cell
 from pipeline.results import ERROR, OK, TIMEOUT, UNSUPPORTED, write_cell, write_json
@@ -105,6 +112,7 @@ class InstanceRunner:
         self.cell_reports: list[dict] = []
         self.catalog = hardware_catalog(CONF_DIR)
         self.startup_overhead_s = 0.0
+        self.gpu_devices: str | None = None  # CUDA_VISIBLE_DEVICES given to the engine, when GPUs were asked
 
     # -- engine process -------------------------------------------------------------
     def _start_engine(self, cfg: CellConfig) -> _EngineProcess:
@@ -118,7 +126,8 @@ class InstanceRunner:
         child.close()  # so that the worker's death reads as EOF here
         self.engine_starts += 1
         _log(f"starting engine process {process.pid} ({cfg.engine.name}, {cfg.model.name}, {cfg.precision.name})")
-        message = _receive(parent, process, cfg.engine.load_timeout_s, "engine start")
+        # a grace period past load_timeout_s: an engine that times out its own start says more about why
+        message = _receive(parent, process, cfg.engine.load_timeout_s + 30, "engine start")
         if message[0] != "ready":
             raise EngineFailure(ERROR, f"engine failed to start: {message[1]}")
         info = message[1]
@@ -172,6 +181,7 @@ class InstanceRunner:
             "overrides": self.overrides,
             "conf_digest": conf_digest(cell.engine, cell.model, cell.precision),
             "git_sha": git_sha(),
+            "gpu_devices": self.gpu_devices,
             "finished_at": _now(),
             **extra,
             "config": cfg.to_dict() if cfg else None,
@@ -252,6 +262,8 @@ class InstanceRunner:
         )
         if message[0] == "failed":
             _log(message[2])
+            if not message[3]:
+                self.kill_engine()  # the engine cannot go on (its server died): the next cell starts a fresh one
             self._write(cell, self._summary(cell, cfg, ERROR, message[1], **common))
             return
         result = message[1]
@@ -274,6 +286,7 @@ class InstanceRunner:
                 overhead_s=overhead_s,
                 peak_mem_bytes=result["peak_mem_bytes"],
                 peak_mem_kind=result["peak_mem_kind"],
+                client=result.get("client"),  # server engines: was the client itself the bottleneck?
                 **common,
             ),
             result["records"],
@@ -312,6 +325,7 @@ def _process_start_time() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     process_started = _process_start_time()
+    die_with_parent(signal.SIGTERM, expected_parent=os.getppid())
     parser = argparse.ArgumentParser(prog="python -m pipeline.instance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", required=True)
     parser.add_argument("--model", required=True)
@@ -321,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "--summaries", required=True, nargs="+", type=Path, help="each batch size's summary.json, in the same order"
     )
     parser.add_argument("--threads", type=int, default=None, help="engine threads (default: engine.threads)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs of its own for the engine (default 0: none taken)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every cell (after --)")
     args = parser.parse_args(argv)
     try:
@@ -338,8 +353,31 @@ def main(argv: list[str] | None = None) -> int:
         args.threads,
         process_started,
         instance_dir=args.summaries[0].parent.parent,
+        gpus=args.gpus,
     )
     return 0
+
+
+def claim_gpus(gpus: int, runner: InstanceRunner, holder: str):
+    """GPUs of this instance's own, exported as CUDA_VISIBLE_DEVICES for its engine process.
+
+    Returns the slot lease to hold while the engine runs (None when nothing was taken).
+    """
+    if gpus <= 0:
+        return None
+    assigned = scheduler_devices()
+    if assigned is not None:
+        runner.gpu_devices = assigned
+        _log(f"GPUs assigned by SLURM: CUDA_VISIBLE_DEVICES={assigned}")
+        return None
+    try:
+        lease = acquire(gpus, holder=holder, say=_log)
+    except NoGpuSlots as exc:
+        sys.exit(f"[instance] {exc}")
+    runner.gpu_devices = ",".join(lease.devices)
+    os.environ["CUDA_VISIBLE_DEVICES"] = runner.gpu_devices  # the spawned engine process inherits it
+    _log(f"GPU slot(s) taken: CUDA_VISIBLE_DEVICES={runner.gpu_devices}")
+    return lease
 
 
 def run_instance(
@@ -349,6 +387,7 @@ def run_instance(
     threads: int | None,
     process_started: float,
     instance_dir: Path | None = None,
+    gpus: int = 0,
 ) -> InstanceRunner:
     """Measure every cell of one engine instance; write each cell's result and instance.json."""
     configs = compose_cells(cells, overrides, out_dirs)
@@ -364,10 +403,13 @@ def run_instance(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    lease = claim_gpus(gpus, runner, holder="/".join(cells[0].instance) + f" in {os.getcwd()}")
     try:
         runner.run(process_started)
     finally:
         runner.kill_engine()
+        if lease is not None:
+            lease.release()
     if instance_dir is not None:
         cell = cells[0]
         write_json(
@@ -379,6 +421,7 @@ def run_instance(
                 "batch_sizes": [c.batch_size for c in cells],
                 "engine_starts": runner.engine_starts,
                 "startup_overhead_s": runner.startup_overhead_s,
+                "gpu_devices": runner.gpu_devices,
                 "process_wall_s": time.perf_counter() - process_started,
                 "cells": runner.cell_reports,
                 "finished_at": _now(),

@@ -32,6 +32,7 @@ class EngineSpec:
     precisions: dict[str, str] = field(default_factory=dict)  # canonical -> what the engine is asked for
     max_batch_size: int | None = None
     model_format: str = "hf"
+    environment: str = ""  # envs/<environment>.yaml: where its jobs run
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Catalog:
                 precisions=dict(spec.get("precisions") or {}),
                 max_batch_size=spec.get("max_batch_size"),
                 model_format=spec.get("model_format", "hf"),
+                environment=spec.get("environment") or name,
             )
         return cls(options=options, engines=engines)
 

@@ -7,18 +7,21 @@ an out-of-memory kill in the engine costs one cell, never the supervisor or othe
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
 
 from pipeline.config import CellConfig
 from pipeline.environment import describe_hardware
+from pipeline.lifetime import die_with_parent
 
 
 def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> None:
     # Own process group: the supervisor can kill the engine and any helper processes it
     # spawned (vLLM, servers) with one signal.
     os.setpgrp()
+    die_with_parent(signal.SIGKILL)  # a supervisor killed outright takes its engine (and server) along
     from pipeline.engines.registry import engine_class
     from pipeline.measure import measure_cell
 

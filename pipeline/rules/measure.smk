@@ -2,7 +2,12 @@ import shlex
 
 # One job per engine instance (engine x model x precision): one process loads the engine
 # once and measures every pending batch size, each into its own cell directory.
-# A CPU benchmark job takes all the cores it is given, so cells never share cores.
+# Resources: `gpu` (--config gpus=N; locally each job then takes its own GPU slots, see
+# pipeline/gpu_slots.py; on SLURM it becomes --gpus=N), host memory from the model's
+# weights, the runtime limit from the workload's timeouts, and its cores as threads (a
+# CPU benchmark job takes all --cores locally, so cells never share cores; --config cpus=N).
+# `exec`: the instance replaces the job's shell, so it is Snakemake's own child and stops
+# its engine when Snakemake dies (pipeline.lifetime).
 for job in SCHEDULE.jobs:
 
     rule:
@@ -15,8 +20,13 @@ for job in SCHEDULE.jobs:
         log:
             f"{RESULTS}/logs/{job.instance.key}.log",
         conda:
-            f"../../envs/{job.instance.engine}.yaml"
-        threads: workflow.cores or 1
+            f"../../envs/{job.environment}.yaml"
+        threads: SCHEDULE.threads(workflow)
+        resources:
+            gpu=SCHEDULE.gpus,
+            gpu_model=SCHEDULE.gpu_model if SCHEDULE.gpus else "",
+            mem_mb=job.mem_mb,
+            runtime=job.runtime_min,
         params:
             state=job.state,
             batch_sizes=",".join(map(str, job.batch_sizes)),
@@ -25,6 +35,6 @@ for job in SCHEDULE.jobs:
             precision=job.instance.precision,
             overrides=" ".join(shlex.quote(o) for o in SCHEDULE.plan.overrides),
         shell:
-            f"{PYTHON} -m pipeline.instance --engine {{params.engine}} --model {{params.model}}"
+            f"{PYTHON_EXEC} -m pipeline.instance --engine {{params.engine}} --model {{params.model}}"
             " --precision {params.precision} --batch-sizes {params.batch_sizes} --summaries {output}"
-            " --threads {threads} -- {params.overrides} > {log} 2>&1"
+            " --threads {threads} --gpus {resources.gpu} -- {params.overrides} > {log} 2>&1"
