@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import urllib.error
@@ -32,6 +33,7 @@ import pandas as pd
 import yaml
 
 from pipeline.collect import LEAD_COLUMNS
+from pipeline.lifetime import die_with_parent
 from pipeline.results import ERROR, TIMEOUT, read_summary, write_json
 
 EXPERIMENT_PREFIX = "llm-infer-bench/"
@@ -297,7 +299,11 @@ def sync(client, runs: list, wanted_fingerprint: str, log_run) -> str:
     return "updated" if runs else "logged"
 
 
-def track(matrix: str, cells_csv: Path, results_dir: Path, report_dir: Path | None = None, say=print) -> dict:
+def _say(line: str) -> None:
+    print(line, flush=True)  # one line per run as it happens: the log shows how far an interrupted step got
+
+
+def track(matrix: str, cells_csv: Path, results_dir: Path, report_dir: Path | None = None, say=_say) -> dict:
     """Log every cell of the matrix and its summary run; returns the URI and what was done."""
     for key, value in FAIL_FAST_HTTP.items():
         os.environ.setdefault(key, value)
@@ -338,6 +344,7 @@ def tracking_uri_for_messages() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parent = os.getppid()
     parser = argparse.ArgumentParser(prog="python -m pipeline.tracking", description=__doc__.split("\n\n")[0])
     parser.add_argument("--matrix", required=True, help="matrix name: the experiment is llm-infer-bench/NAME")
     parser.add_argument("--cells", required=True, type=Path, help="results/NAME/cells.csv")
@@ -345,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-dir", type=Path, help="rendered report files, logged with the matrix run if present")
     parser.add_argument("--done-marker", type=Path, help="written only when everything was logged")
     args = parser.parse_args(argv)
+    # Snakemake killed outright: stop too (an interrupted logging is redone, never duplicated)
+    die_with_parent(signal.SIGTERM, expected_parent=parent)
     if not args.cells.is_file():
         parser.error(f"{args.cells}: no such file (run the workflow first)")
 

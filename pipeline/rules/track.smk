@@ -19,6 +19,6 @@ rule track:
     params:
         matrix=SCHEDULE.plan.name,
     shell:
-        f"{PYTHON} -m pipeline.tracking --matrix {{params.matrix}} --cells {{input.cells}}"
+        f"{PYTHON_EXEC} -m pipeline.tracking --matrix {{params.matrix}} --cells {{input.cells}}"
         " --results-dir $(dirname {input.cells}) --report-dir $(dirname {input.report})"
         " --done-marker {output} > {log} 2>&1"
