@@ -1,4 +1,4 @@
-"""hf, llama.cpp and vLLM in one real snakemake run, collected into one cells.csv."""
+"""hf, llama.cpp (in-process and its server) and vLLM in one real snakemake run, collected into one cells.csv."""
 
 import pandas as pd
 import pytest
@@ -10,7 +10,7 @@ pytest.importorskip("llama_cpp", reason="installed by `make setup-engines`")
 pytest.importorskip("vllm", reason="installed by `make setup-engines`")
 
 MATRIX = """
-engine: [hf, llama_cpp, vllm]
+engine: [hf, llama_cpp, llama_cpp_server, vllm]
 model: [tiny-llama]
 precision: [fp32, int4]
 batch_size: [1, 2]
@@ -29,12 +29,16 @@ def test_three_engines_one_table(tmp_path, models_dir):
     run = run_snakemake(tmp_path, "--cores", "2", "--config", f"matrix={matrix}")
     assert run.returncode == 0, run.stderr[-4000:]
     cells = pd.read_csv(tmp_path / "results/engines/cells.csv").set_index("cell_id")
-    assert len(cells) == 12
+    assert len(cells) == 16
     expected_ok = {
         "hf/tiny-llama/fp32/bs1",
         "hf/tiny-llama/fp32/bs2",
         "llama_cpp/tiny-llama/fp32/bs1",
         "llama_cpp/tiny-llama/int4/bs1",
+        "llama_cpp_server/tiny-llama/fp32/bs1",
+        "llama_cpp_server/tiny-llama/fp32/bs2",
+        "llama_cpp_server/tiny-llama/int4/bs1",
+        "llama_cpp_server/tiny-llama/int4/bs2",
         "vllm/tiny-llama/fp32/bs1",
         "vllm/tiny-llama/fp32/bs2",
     }
@@ -50,6 +54,10 @@ def test_three_engines_one_table(tmp_path, models_dir):
         "hf/tiny-llama/fp32/bs2": "float32",
         "llama_cpp/tiny-llama/fp32/bs1": "F32",
         "llama_cpp/tiny-llama/int4/bs1": "Q4_0",
+        "llama_cpp_server/tiny-llama/fp32/bs1": "F32",
+        "llama_cpp_server/tiny-llama/fp32/bs2": "F32",
+        "llama_cpp_server/tiny-llama/int4/bs1": "Q4_0",
+        "llama_cpp_server/tiny-llama/int4/bs2": "Q4_0",
         "vllm/tiny-llama/fp32/bs1": "float32",
         "vllm/tiny-llama/fp32/bs2": "float32",
     }
@@ -58,5 +66,7 @@ def test_three_engines_one_table(tmp_path, models_dir):
         ok.loc["llama_cpp/tiny-llama/int4/bs1", "bytes_per_step"]
         < ok.loc["llama_cpp/tiny-llama/fp32/bs1", "bytes_per_step"] / 5
     )
+    served = cells.index.str.startswith("llama_cpp_server/")
+    assert cells.loc[served, "client_saturated"].eq(False).all() and cells.loc[~served, "client_saturated"].isna().all()
     assert (tmp_path / "models/tiny-llama/gguf/Q4_0.gguf").is_file()
     assert (tmp_path / "reports/engines/index.html").is_file()

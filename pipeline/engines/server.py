@@ -11,6 +11,7 @@ orphan keeps a GPU.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -248,6 +249,10 @@ class ServerEngine(Engine):
             if result.output_tokens is None:  # no usage: one token per chunk, checked by re-tokenizing
                 result.chunk_tokens = [1] * len(result.chunk_times)
             results.append(result)
+        if self.process is not None and not all(r.success for r in results):
+            # a dying server drops its connections before the kernel reports its exit
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(2)
         if not self.alive():
             raise ServerFailed(
                 f"the server exited with code {self.process.returncode} during the cell; "
