@@ -156,7 +156,8 @@ def fidelity(repeat: int) -> None:
                 print(
                     f"{name:7s} {concurrency:4d}  {ttft:8.2f} ({ttft / (TTFT * 1e3) - 1:+6.2%}, "
                     f"{ttft / server_ttft - 1:+6.2%} of {server_ttft:.2f})   "
-                    f"{tpot:7.3f} ({tpot / (ITL * 1e3) - 1:+6.2%})   medians of {repeat}"
+                    f"{tpot:7.3f} ({tpot / (ITL * 1e3) - 1:+6.2%})   medians of runs: "
+                    + ", ".join(f"{r[0]:.2f}/{r[2]:.3f}" for r in rows)
                 )
     finally:
         server.kill()
