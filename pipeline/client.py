@@ -387,13 +387,13 @@ async def _run(target: Target, requests: list[bytes], load: Load, start_at: floa
 
     watcher = asyncio.ensure_future(watch_lag())
     pattern = _open_loop if load.request_rate else _closed_loop
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     try:
         responses = await pattern(pool, requests, load)
     finally:
         watcher.cancel()
         pool.close()
-    return responses, lag, started
+    return responses, lag, started, cpu_started
 
 
 def _cpu_seconds() -> float:
@@ -402,9 +402,9 @@ def _cpu_seconds() -> float:
 
 
 def _run_process(target: Target, requests: list[bytes], load: Load, start_at: float | None):
-    cpu = _cpu_seconds()
-    responses, lag, started = asyncio.run(_run(target, requests, load, start_at))
-    return responses, _cpu_seconds() - cpu, lag, time.perf_counter() - started  # wall: from the first send
+    """(responses, CPU seconds, max loop lag, wall seconds), both counted from the first send."""
+    responses, lag, started, cpu_started = asyncio.run(_run(target, requests, load, start_at))
+    return responses, _cpu_seconds() - cpu_started, lag, time.perf_counter() - started
 
 
 def run_load(target: Target, requests: list[bytes], load: Load) -> ClientRun:
