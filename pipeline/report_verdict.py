@@ -317,12 +317,17 @@ def failure_sentence(cells: pd.DataFrame) -> str | None:
     return f"{len(failed)} of {len(cells)} cells produced no numbers ({kinds}); the reasons are listed below."
 
 
+def _named(ids: list[str]) -> str:
+    """The first few ids, and how many more."""
+    return ", ".join(ids[:FLAGS_NAMED]) + (f" and {len(ids) - FLAGS_NAMED} more" if len(ids) > FLAGS_NAMED else "")
+
+
 def flag_sentence(cells: pd.DataFrame) -> str | None:
     flagged = flagged_cells(cells)
     if flagged.empty:
         return None
     ids = flagged["cell_id"].astype(str).tolist()
-    shown = ", ".join(ids[:FLAGS_NAMED]) + (f" and {len(ids) - FLAGS_NAMED} more" if len(ids) > FLAGS_NAMED else "")
+    shown = _named(ids)
     return (
         f"{len(ids)} cell(s) are flagged by the roofline check (memory bandwidth utilization above 1.0 against "
         f"the measured peak, which means a bytes count or a peak is wrong): {shown}. "
@@ -338,7 +343,7 @@ def client_sentence(cells: pd.DataFrame) -> str | None:
     if busy.empty:
         return None
     ids = busy["cell_id"].astype(str).tolist()
-    shown = ", ".join(ids[:FLAGS_NAMED]) + (f" and {len(ids) - FLAGS_NAMED} more" if len(ids) > FLAGS_NAMED else "")
+    shown = _named(ids)
     return (
         f"{len(ids)} server cell(s) were measured by a client busy over 90% of the time ({shown}): their "
         "throughput may be the client's limit, not the server's. Measure them again with more "

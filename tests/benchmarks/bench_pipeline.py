@@ -121,21 +121,25 @@ def _big_conf(tmp: Path, models: int) -> Path:
     return conf
 
 
+# Two 1000-cell matrices, as (models, precisions, batch sizes): few big instances, many small ones.
+PLANNING_SHAPES = {
+    "20 instances x 50 batch sizes": (
+        "[tiny-llama, small-llama, mistral-7b, llama2-7b]",
+        "[fp32, bf16, fp16, int8, int4]",
+        list(range(1, 51)),
+    ),
+    "250 instances x 4 batch sizes": (
+        "[" + ", ".join(f"m{i:02d}" for i in range(50)) + "]",
+        "[fp32, bf16, fp16, int8, int4]",
+        [1, 2, 4, 8],
+    ),
+}
+
+
 def bench_dry_run(tmp: Path, repeats: int) -> None:
     print("\n== snakemake -n on generated 1000-cell matrices (planning only)")
     conf = _big_conf(tmp, 50)
-    shapes = {
-        "20 instances x 50 batch sizes": (
-            "[tiny-llama, small-llama, mistral-7b, llama2-7b]",
-            "[fp32, bf16, fp16, int8, int4]",
-            list(range(1, 51)),
-        ),
-        "250 instances x 4 batch sizes": (
-            "[" + ", ".join(f"m{i:02d}" for i in range(50)) + "]",
-            "[fp32, bf16, fp16, int8, int4]",
-            [1, 2, 4, 8],
-        ),
-    }
+    shapes = PLANNING_SHAPES
     env = {**__import__("os").environ, "LLM_BENCH_CONF": str(conf)}
     for label, (models, precisions, sizes) in shapes.items():
         matrix = tmp / "big.yaml"

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import _big_conf  # noqa: E402
+from bench_pipeline import PLANNING_SHAPES, _big_conf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -64,18 +64,7 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: float
 def bench_planning(tmp: Path, repeats: int) -> None:
     print("\n== snakemake -n on generated 1000-cell matrices: slurm executor vs local (planning only)")
     conf = _big_conf(tmp, 50)
-    shapes = {
-        "20 instances x 50 batch sizes": (
-            "[tiny-llama, small-llama, mistral-7b, llama2-7b]",
-            "[fp32, bf16, fp16, int8, int4]",
-            list(range(1, 51)),
-        ),
-        "250 instances x 4 batch sizes": (
-            "[" + ", ".join(f"m{i:02d}" for i in range(50)) + "]",
-            "[fp32, bf16, fp16, int8, int4]",
-            [1, 2, 4, 8],
-        ),
-    }
+    shapes = PLANNING_SHAPES
     env = {**os.environ, "LLM_BENCH_CONF": str(conf), "LLM_BENCH_SLURM_PARTITION": "gpu"}
     for label, (models, precisions, sizes) in shapes.items():
         matrix = tmp / "big.yaml"
