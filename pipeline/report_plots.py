@@ -98,15 +98,24 @@ def _batch_axis(axis, batches) -> None:
     axis.set_xlabel("batch size")
 
 
-def metric_vs_batch(cells: pd.DataFrame, metric: str, scale: float, ylabel: str) -> Figure | None:
-    ok = ok_cells(cells).dropna(subset=[metric])
+def _model_panels(cells: pd.DataFrame, columns: list[str]) -> tuple[Figure, list, list] | None:
+    """One panel per model over the ok cells that have `columns`: (figure, axes, [(axis, model, its cells)])."""
+    ok = ok_cells(cells).dropna(subset=columns)
     if ok.empty:
         return None
-    colors = config_colors(cells)
     models = sorted(ok["model"].astype(str).unique())
     figure, axes = _panels(len(models))
-    for axis, model in zip(axes, models, strict=True):
-        of_model = ok[ok["model"].astype(str) == model]
+    panels = [(axis, model, ok[ok["model"].astype(str) == model]) for axis, model in zip(axes, models, strict=True)]
+    return figure, axes, panels
+
+
+def metric_vs_batch(cells: pd.DataFrame, metric: str, scale: float, ylabel: str) -> Figure | None:
+    found = _model_panels(cells, [metric])
+    if found is None:
+        return None
+    figure, axes, panels = found
+    colors = config_colors(cells)
+    for axis, model, of_model in panels:
         for config, line in of_model.groupby("config", sort=True):
             line = line.sort_values("batch_size")
             axis.plot(line["batch_size"], line[metric] * scale, marker="o", color=colors[config], label=plain(config))
@@ -177,14 +186,12 @@ def ttft_boxes(cells: pd.DataFrame, requests: pd.DataFrame) -> Figure | None:
 
 
 def latency_vs_throughput(cells: pd.DataFrame) -> Figure | None:
-    ok = ok_cells(cells).dropna(subset=["output_tok_s", "tpot_s_p50"])
-    if ok.empty:
+    found = _model_panels(cells, ["output_tok_s", "tpot_s_p50"])
+    if found is None:
         return None
+    figure, axes, panels = found
     colors = config_colors(cells)
-    models = sorted(ok["model"].astype(str).unique())
-    figure, axes = _panels(len(models))
-    for axis, model in zip(axes, models, strict=True):
-        of_model = ok[ok["model"].astype(str) == model]
+    for axis, model, of_model in panels:
         on_front = pareto_front(of_model["output_tok_s"], of_model["tpot_s_p50"])
         for config, points in of_model.groupby("config", sort=True):
             axis.scatter(points["output_tok_s"], points["tpot_s_p50"] * 1000, color=colors[config], label=plain(config))
