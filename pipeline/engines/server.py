@@ -249,8 +249,9 @@ class ServerEngine(Engine):
             if result.output_tokens is None:  # no usage: one token per chunk, checked by re-tokenizing
                 result.chunk_tokens = [1] * len(result.chunk_times)
             results.append(result)
-        if self.process is not None and not all(r.success for r in results):
-            # a dying server drops its connections before the kernel reports its exit
+        if self.process is not None and any(raw.error for raw in run.responses):
+            # a dropped connection may be a dying server, which closes its sockets before the
+            # kernel reports its exit (an HTTP error status comes from a live one: no wait)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(2)
         if not self.alive():
