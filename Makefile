@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip install --quiet
 CORES ?= all
 
-.PHONY: setup setup-engines setup-system setup-slurm run test lint
+.PHONY: setup setup-engines setup-system setup-slurm run test test-fast lint
 
 # The pipeline and the hf engine; rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -52,6 +52,10 @@ run: setup
 ## test: the whole test suite, real engines, real snakemake runs and a real browser included
 test: setup-engines setup-system setup-slurm
 	$(PYTHON) -m pytest -q
+
+## test-fast: the unit tests only (no engine loads, no snakemake runs), for daily work
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not engine and not workflow"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

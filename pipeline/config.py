@@ -24,7 +24,7 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _build(cls, section: str, values: dict[str, Any]):
+def build_section(cls, section: str, values: dict[str, Any]):
     """cls(**values), but an unknown key names the valid ones instead of a TypeError."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -76,7 +76,10 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    name: str
+    name: str  # the conf file's name (conf/engine/<name>.yaml)
+    adapter: str = ""  # "module:Class" of the adapter that runs it (pipeline/engines/)
+    import_name: str | None = None  # the library the adapter needs (checked at load, with a clear message)
+    distributions: list[str] = field(default_factory=list)  # names it is installed under; the first found is reported
     mode: str = "offline"
     # canonical precision -> what this engine is asked for (torch dtype, GGUF type, ...)
     precisions: dict[str, str] = field(default_factory=dict)
@@ -91,11 +94,15 @@ class EngineConfig:
 
     def __post_init__(self):
         _require(bool(self.name), "engine.name must not be empty")
+        _require(
+            self.adapter.count(":") == 1 and all(self.adapter.split(":")),
+            f"engine {self.name}: engine.adapter must name its adapter as module:Class, got {self.adapter!r}",
+        )
         _require(self.mode in ENGINE_MODES, f"engine.mode must be one of {ENGINE_MODES}, got {self.mode!r}")
         if self.mode == "server":
             _require(self.server is not None, f"engine {self.name}: mode server needs an engine.server section")
             if isinstance(self.server, dict):  # frozen: set once, while validating
-                object.__setattr__(self, "server", _build(ServerSettings, "engine.server", self.server))
+                object.__setattr__(self, "server", build_section(ServerSettings, "engine.server", self.server))
         bad = sorted(set(self.precisions) - set(PRECISIONS))
         _require(
             not bad,
@@ -255,8 +262,8 @@ class CellConfig:
         }
         for key, section_cls in sections.items():
             _require(key in values, f"config has no {key} section")
-            values[key] = _build(section_cls, key, values[key])
-        return _build(cls, "top-level", values)
+            values[key] = build_section(section_cls, key, values[key])
+        return build_section(cls, "top-level", values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,21 +18,33 @@ CONF = REPO / "conf"
 def models_dir(tmp_path_factory) -> Path:
     """The synthetic tiny-llama, materialized once for the whole session (a few seconds)."""
     path = tmp_path_factory.mktemp("models")
-    from pipeline.compose import compose_cell
-    from pipeline.models import materialize
+    from pipeline.models.synthetic import materialize
+    from pipeline.plan.conf import compose_cell
 
     materialize(compose_cell(["model=tiny-llama"]).model, path / "tiny-llama")
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real snakemake CLI on this repository's Snakefile, in a scratch working directory."""
+def run_snakemake(
+    workdir: Path, *args: str, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """The real snakemake CLI on this repository's Snakefile, in a scratch working directory
+    (env: variables added to this process's environment)."""
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
     command = [snakemake, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    environ = {**os.environ, **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environ)
 
 
 def write_matrix(workdir: Path, name: str, text: str) -> Path:
     path = workdir / f"{name}.yaml"
     path.write_text(text)
     return path
+
+
+def cell_figures(summary_json: Path) -> dict:
+    """The per-cell statistics collect derives from a cell's requests.csv."""
+    from pipeline.analysis.collect import read_records
+    from pipeline.analysis.metrics import summarize
+
+    return summarize(read_records(Path(summary_json).with_name("requests.csv")))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.client import CHAT, Load, RawResponse, Target, _Connection, parse_response, run_load
+from pipeline.engines.client import CHAT, Load, RawResponse, Target, _Connection, parse_response, run_load
 from pipeline.engines.server import free_port
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai_server.py")

@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from pipeline.compose import check_overrides, compose_cell, to_override
 from pipeline.config import CellConfig, ConfigError, WorkloadConfig
+from pipeline.plan.conf import check_overrides, compose_cell, to_override
 
 
 def test_default_config_composes_into_dataclasses():

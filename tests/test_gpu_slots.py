@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.gpu_slots import NoGpuSlots, acquire, configured_slots, holders, scheduler_devices, try_acquire
+from pipeline.run.gpu_slots import NoGpuSlots, acquire, configured_slots, holders, scheduler_devices, try_acquire
 from tests.conftest import REPO
 
 # One contender: take a slot (waiting if need be), hold it a while, report (device, start, end).
 CONTENDER = """
 import json, sys, time
 from pathlib import Path
-from pipeline.gpu_slots import acquire
+from pipeline.run.gpu_slots import acquire
 with acquire(1, ["0", "1", "2"], Path(sys.argv[1]), holder="contender", poll_s=0.01) as lease:
     start = time.monotonic()
     time.sleep(0.3)
@@ -32,7 +32,7 @@ print(json.dumps({"device": lease.devices[0], "start": start, "end": end}))
 HOLDER = """
 import sys, time
 from pathlib import Path
-from pipeline.gpu_slots import acquire
+from pipeline.run.gpu_slots import acquire
 lease = acquire(int(sys.argv[2]), ["0", "1"], Path(sys.argv[1]), holder="crasher")
 print(",".join(lease.devices), flush=True)
 time.sleep(600)
@@ -82,7 +82,7 @@ def test_a_waiting_job_gets_the_slot_when_its_holder_dies(tmp_path):
     assert holder.stdout.readline().strip() == "0,1"
     started = time.monotonic()
     waiter = python(
-        "import sys; from pathlib import Path; from pipeline.gpu_slots import acquire\n"
+        "import sys; from pathlib import Path; from pipeline.run.gpu_slots import acquire\n"
         "print(acquire(1, ['0', '1'], Path(sys.argv[1]), poll_s=0.01).devices[0], flush=True)",
         str(tmp_path),
     )
@@ -123,12 +123,12 @@ def test_slurm_assigned_gpus_are_used_as_given():
 
 @pytest.mark.engine
 def test_an_instance_exports_its_slot_to_the_engine(tmp_path, models_dir):
-    """pipeline.instance --gpus 1 takes the free slot and records it; a busy machine makes it wait."""
+    """pipeline.run.supervisor --gpus 1 takes the free slot and records it; a busy machine makes it wait."""
     env = {**os.environ, "LLM_BENCH_GPU_SLOTS": "2,3", "LLM_BENCH_GPU_LOCK_DIR": str(tmp_path / "slots")}
     with acquire(1, ["2", "3"], tmp_path / "slots") as taken:  # another job holds device 2
         assert taken.devices == ["2"]
         summary = tmp_path / "r/hf/tiny-llama/int4/bs1/summary.json"
-        command = [sys.executable, "-m", "pipeline.instance", "--engine", "hf", "--model", "tiny-llama"]
+        command = [sys.executable, "-m", "pipeline.run.supervisor", "--engine", "hf", "--model", "tiny-llama"]
         command += ["--precision", "int4", "--batch-sizes", "1", "--summaries", str(summary), "--gpus", "1"]
         run = subprocess.run(
             [*command, "--", f"models_dir={models_dir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
@@ -148,7 +148,7 @@ def test_an_instance_exports_its_slot_to_the_engine(tmp_path, models_dir):
 
 
 def test_the_lock_dir_is_shared_by_default():
-    from pipeline.gpu_slots import lock_dir
+    from pipeline.run.gpu_slots import lock_dir
 
     assert lock_dir({}) == Path(tempfile.gettempdir()) / "llm-infer-bench-gpu-slots"
     assert lock_dir({"LLM_BENCH_GPU_LOCK_DIR": "/x"}) == Path("/x")

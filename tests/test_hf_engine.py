@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipeline.compose import compose_cell
 from pipeline.engines.hf import HFEngine
-from pipeline.measure import measure_cell
+from pipeline.plan.conf import compose_cell
+from pipeline.run.measure import measure_cell
 
 pytestmark = pytest.mark.engine
 
@@ -43,7 +43,7 @@ def test_measure_cell_records_each_measured_request(engine, models_dir):
         ]
     )
     result = measure_cell(engine, cell, progress=lambda message: None)
-    records = result["records"]
+    records = result.records
     # 4 requests in waves of 3 -> 2 waves = 6 requests per repeat; warmup excluded
     assert len(records) == 2 * 6
     assert sorted({(r["repeat"], r["wave"]) for r in records}) == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -52,8 +52,8 @@ def test_measure_cell_records_each_measured_request(engine, models_dir):
         assert 0 < record["ttft_s"] < record["e2e_s"]
         assert record["chunks"] == 5
         assert record["tpot_s"] == pytest.approx((record["e2e_s"] - record["ttft_s"]) / 4)
-    assert result["measure_s"] > 0 and result["peak_mem_bytes"] > 50e6
-    assert result["peak_mem_kind"] == "rss"
+    assert result.measure_s > 0 and result.peak_mem_bytes > 50e6
+    assert result.peak_mem_kind == "rss"
 
 
 def test_precision_maps_to_the_torch_dtype(models_dir):

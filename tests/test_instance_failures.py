@@ -1,6 +1,6 @@
 """A hung, crashed or unstartable engine ends its cell with a clear status; the others go on.
 
-Runs the real `python -m pipeline.instance` with the real hf engine; the test kills the
+Runs the real `python -m pipeline.run.supervisor` with the real hf engine; the test kills the
 engine process itself where a crash is needed.
 """
 
@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cell_figures
+
 pytestmark = pytest.mark.engine
 
 
 def instance_command(results: Path, models_dir: Path, sizes: str, *overrides: str, precision="fp32") -> list[str]:
     summaries = [str(results / f"hf/tiny-llama/{precision}/bs{bs}/summary.json") for bs in sizes.split(",")]
-    command = [sys.executable, "-m", "pipeline.instance", "--engine", "hf", "--model", "tiny-llama"]
+    command = [sys.executable, "-m", "pipeline.run.supervisor", "--engine", "hf", "--model", "tiny-llama"]
     command += ["--precision", precision, "--batch-sizes", sizes, "--summaries", *summaries, "--threads", "1"]
     return [*command, "--", f"models_dir={models_dir}", *overrides]
 
@@ -96,7 +98,7 @@ def test_an_engine_killed_mid_cell_costs_that_cell_only(tmp_path, models_dir):
     assert first["status"] == "error"
     assert "the engine process died during cell hf/tiny-llama/fp32/bs1 (exit code -9)" in first["error"]
     assert second["status"] == "ok" and second["engine_start"] == 2
-    assert second["metrics"]["requests_ok"] == 2
+    assert cell_figures(results / "hf/tiny-llama/fp32/bs2/summary.json")["requests_ok"] == 2
     assert all(not alive(pid) for pid in engine_pids(log_path.read_text()))
 
 

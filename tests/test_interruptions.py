@@ -19,7 +19,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from pipeline.gpu_slots import try_acquire
+from pipeline.run.gpu_slots import try_acquire
 from tests.conftest import REPO, run_snakemake, write_matrix
 
 pytestmark = pytest.mark.workflow
@@ -86,7 +86,7 @@ def test_ctrl_c_stops_the_engine_and_the_rerun_measures_only_the_missing_cell(tm
     run = start_snakemake(tmp_path, *args)
     wait_for(lambda: summary(tmp_path, f"{FP32}/bs1") is not None, "the first cell's result", run, tmp_path)
     processes = descendants(run.pid)
-    assert any("pipeline.instance" in " ".join(p.cmdline()) for p in processes)
+    assert any("pipeline.run.supervisor" in " ".join(p.cmdline()) for p in processes)
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
     assert run.wait(timeout=120) != 0
     assert_all_gone(processes)
@@ -207,7 +207,7 @@ def test_a_job_killed_from_outside_is_retried_by_snakemake(tmp_path, models_dir)
     run = start_snakemake(tmp_path, *args)
     log = tmp_path / f"results/m/logs/{FP32}.log"
     wait_for(lambda: log.is_file() and "engine ready" in log.read_text(), "the engine ready", run, tmp_path)
-    (instance,) = [p for p in descendants(run.pid) if "pipeline.instance" in " ".join(p.cmdline())]
+    (instance,) = [p for p in descendants(run.pid) if "pipeline.run.supervisor" in " ".join(p.cmdline())]
     engines = instance.children(recursive=True)
     instance.kill()
     assert run.wait(timeout=300) == 0, (tmp_path / "snakemake.out").read_text()[-3000:]

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from pipeline.compose import compose_cell
+from pipeline.plan.conf import compose_cell
 
 pytestmark = pytest.mark.engine
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make setup-engines`")
@@ -14,7 +14,7 @@ TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
 
 @pytest.fixture(scope="module")
 def gguf_files(models_dir):
-    from pipeline.gguf_export import quantize_gguf, write_float_gguf
+    from pipeline.models.gguf import quantize_gguf, write_float_gguf
 
     source, out = models_dir / "tiny-llama", models_dir / "tiny-llama" / "gguf"
     files = {}

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
+from pipeline.analysis.metrics import summarize
 from pipeline.engines.base import RequestResult
-from pipeline.metrics import request_record, summarize
-from pipeline.workload import make_prompts, waves
+from pipeline.run.measure import request_record
+from pipeline.run.prompts import make_prompts, waves
 
 
 def count_words_as_tokens(text):

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from pipeline.compose import compose_cell
+from pipeline.plan.conf import compose_cell
 
 FAKE_MLC = textwrap.dedent(
     """
@@ -109,7 +109,7 @@ def test_without_mlc_llm_a_cell_says_how_to_get_it(tmp_path, models_dir):
         [
             sys.executable,
             "-m",
-            "pipeline.instance",
+            "pipeline.run.supervisor",
             "--engine",
             "mlc",
             "--model",

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.planner import Catalog, Cell, EngineSpec, PlanError, load_plan, plan_matrix
+from pipeline.plan.matrix import Catalog, Cell, EngineSpec, PlanError, load_plan, plan_matrix
 from tests.conftest import CONF
 
 CATALOG = Catalog(
@@ -112,7 +112,7 @@ def test_overrides_from_matrix_then_command_line():
 
 def test_shipped_matrices_plan(tmp_path):
     for path in (CONF / "matrix").glob("*.yaml"):
-        plan = load_plan(path.stem, CONF)
+        plan, _ = load_plan(path.stem, CONF)
         assert plan.cells, path
 
 
@@ -124,8 +124,16 @@ def test_unknown_matrix_lists_the_shipped_ones():
 def test_matrix_given_as_a_path(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("engine: hf\nmodel: tiny-llama\nprecision: bf16\nbatch_size: [1, 2]\n")
-    plan = load_plan(str(path), CONF)
+    plan, _ = load_plan(str(path), CONF)
     assert plan.name == "mine" and len(plan.cells) == 2
+
+
+def test_overrides_reach_what_planning_reads_of_an_engine(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("engine: hf\nmodel: tiny-llama\nprecision: bf16\nbatch_size: [1, 2]\n")
+    plan, _ = load_plan(str(path), CONF, ["engine.max_batch_size=1"])
+    assert list(plan.unsupported) == [Cell("hf", "tiny-llama", "bf16", 2)]
+    assert "above what engine hf can run at once (1)" in plan.unsupported[Cell("hf", "tiny-llama", "bf16", 2)]
 
 
 def test_invalid_yaml_is_reported(tmp_path):

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.report import main as report_main
-from pipeline.report import write_report
-from pipeline.report_markdown import fenced, md_escape
-from pipeline.report_plots import all_plots, box_stats
-from pipeline.report_verdict import noise_warnings, pareto_front, verdict
+from pipeline.report.markdown import fenced, md_escape
+from pipeline.report.plots import all_plots, box_stats
+from pipeline.report.render import main as report_main
+from pipeline.report.render import write_report
+from pipeline.report.verdict import noise_warnings, pareto_front, verdict
 from tests.conftest import REPO, run_snakemake
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -513,7 +513,7 @@ def _precision_cells(tpot_bf16: float, spread: float = 0.02) -> pd.DataFrame:
 
 
 def test_precision_sentence_states_the_bandwidth_argument_only_when_the_data_does():
-    from pipeline.report_verdict import precision_sentences
+    from pipeline.report.verdict import precision_sentences
 
     (faster,) = precision_sentences(_precision_cells(0.025))
     assert "bf16 reads 2.0x fewer bytes per decode step than fp32 and its TPOT is 1.6x lower" in faster

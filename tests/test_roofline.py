@@ -6,17 +6,10 @@ import math
 
 import pytest
 
-from pipeline.compose import compose_cell
+from pipeline.analysis.roofline import cell_roofline, main, ridge_batch_size, select_hardware
 from pipeline.config import HardwareConfig
-from pipeline.roofline import (
-    ModelShape,
-    cell_roofline,
-    hardware_catalog,
-    main,
-    ridge_batch_size,
-    select_hardware,
-    weight_bytes,
-)
+from pipeline.models.shape import ModelShape, weight_bytes
+from pipeline.plan.conf import ConfTree, compose_cell
 from tests.conftest import CONF
 
 
@@ -81,7 +74,7 @@ def test_mbu_is_floor_over_measured_and_flags_impossible_cells():
 
 
 def test_unmeasured_figures_stay_empty():
-    row = cell_roofline(cfg(), select_hardware(cfg().hardware, {"cpu": "x"}, hardware_catalog(CONF)))
+    row = cell_roofline(cfg(), select_hardware(cfg().hardware, {"cpu": "x"}, ConfTree(CONF).hardware_entries()))
     assert row["hardware_entry"] == "cpu"
     assert row["mbu"] is None and row["mbu_measured"] is None and row["tpot_floor_s"] is None
     assert row["weight_bytes"] > 0 and row["bytes_per_step"] > 0
@@ -115,16 +108,16 @@ def test_ridge_batch_size_is_where_intensity_meets_the_ridge():
 )
 def test_auto_hardware_picks_the_datasheet_entry(device, entry):
     detected = {"gpu": device, "cpu": "AMD EPYC"}
-    assert select_hardware(cfg().hardware, detected, hardware_catalog(CONF)).name == entry
+    assert select_hardware(cfg().hardware, detected, ConfTree(CONF).hardware_entries()).name == entry
 
 
 def test_a_named_entry_wins_over_detection():
-    chosen = select_hardware(cfg("hardware=h200").hardware, {"gpu": "NVIDIA L4"}, hardware_catalog(CONF))
+    chosen = select_hardware(cfg("hardware=h200").hardware, {"gpu": "NVIDIA L4"}, ConfTree(CONF).hardware_entries())
     assert chosen.name == "h200" and chosen.memory_bandwidth_gbs == 4800
 
 
 def test_probes_measure_and_cache(tmp_path):
-    from pipeline.probes import cached_peaks
+    from pipeline.run.probes import cached_peaks
 
     cache = tmp_path / "probes.json"
     first = cached_peaks("cpu", "test-cpu", "float32", 1, cache_file=cache, copy_bytes=32 << 20, matmul_n=128)

@@ -1,4 +1,4 @@
-"""Server mode for real, through the engine process the workflow uses (pipeline.instance):
+"""Server mode for real, through the engine process the workflow uses (pipeline.run.supervisor):
 the `openai` engine against stand-in servers with a known schedule or a known failure, then
 vLLM's and llama.cpp's own servers on the tiny model."""
 
@@ -12,6 +12,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from tests.conftest import cell_figures
 from tests.test_client import FAKE_SERVER, start_fake_server
 
 WORKLOAD = [
@@ -29,7 +30,7 @@ def run_instance(tmp_path, engine: str, batch_sizes: tuple[int, ...], *overrides
         [
             sys.executable,
             "-m",
-            "pipeline.instance",
+            "pipeline.run.supervisor",
             *("--engine", engine, "--model", "tiny-llama", "--precision", precision),
             *("--batch-sizes", ",".join(map(str, batch_sizes)), "--summaries", *map(str, summaries)),
             "--threads",
@@ -74,7 +75,7 @@ def test_openai_endpoint_cell_measures_the_known_schedule(tmp_path, models_dir):
     assert summary["status"] == "ok", summary["error"]
     rows = check_rows(requests, 4)
     assert (rows.chunks == 8).all() and (rows.output_tokens_retok > 0).all()
-    metrics = summary["metrics"]
+    metrics = cell_figures(tmp_path / "openai/tiny-llama/fp32/bs4/summary.json")
     # loose bounds (a busy CI box can hold a first token back a scheduler tick); bench_client.py measures the 1%
     assert 0.05 <= metrics["ttft_s_p50"] < 0.075
     assert metrics["e2e_s_p50"] == pytest.approx(0.05 + 7 * 0.005, rel=0.1)
@@ -185,7 +186,7 @@ def test_llama_cpp_server_cells_with_exact_text_prompts(tmp_path, models_dir):
     gguf = models_dir / "tiny-llama" / "gguf" / "F32.gguf"
     if not gguf.exists():
         subprocess.run(
-            [sys.executable, "-m", "pipeline.gguf_export", str(models_dir / "tiny-llama"), "--type", "F32"]
+            [sys.executable, "-m", "pipeline.models.gguf", str(models_dir / "tiny-llama"), "--type", "F32"]
             + ["--out", str(gguf)],
             check=True,
             capture_output=True,

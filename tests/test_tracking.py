@@ -1,6 +1,6 @@
-"""pipeline.tracking on real results: MLflow's default sqlite store and a real `mlflow server`.
+"""pipeline.tracking.mlflow_sync on real results: MLflow's default sqlite store and a real `mlflow server`.
 
-Every test runs the real CLI (`python -m pipeline.tracking`) and reads the runs back with
+Every test runs the real CLI (`python -m pipeline.tracking.mlflow_sync`) and reads the runs back with
 MlflowClient, against both stores.
 """
 
@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.tracking import metric_columns, shorten
+from pipeline.results.schema import AXIS, PARAM, columns_of
+from pipeline.tracking.mlflow_sync import metric_columns, shorten
 from tests.conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.workflow
@@ -29,21 +30,7 @@ pytestmark = pytest.mark.workflow
 MLFLOW = Path(sys.executable).with_name("mlflow")
 FAILED_CELL = "hf/tiny-llama/bf16/bs3"
 FAILED_ERROR = "Traceback (most recent call last):\n" + "  frame\n" * 800 + "RuntimeError: engine died (exit 137)"
-PARAMS = [
-    "engine",
-    "model",
-    "precision",
-    "batch_size",
-    "input_tokens",
-    "output_tokens_target",
-    "num_requests",
-    "repeats",
-    "engine_version",
-    "engine_precision",
-    "hardware",
-    "git_sha",
-    "overrides",
-]
+PARAMS = columns_of(AXIS, PARAM)
 
 
 # ---- real results, once per module ------------------------------------------------------
@@ -54,7 +41,7 @@ def add_failed_cell(results: Path) -> None:
     source, target = results / "hf/tiny-llama/bf16/bs2", results / FAILED_CELL
     shutil.copytree(source, target)
     summary = json.loads((target / "summary.json").read_text())
-    summary.update(cell_id=FAILED_CELL, batch_size=3, status="error", error=FAILED_ERROR, metrics={})
+    summary.update(cell_id=FAILED_CELL, batch_size=3, status="error", error=FAILED_ERROR)
     (target / "summary.json").write_text(json.dumps(summary))
     (target / "requests.csv").write_text((source / "requests.csv").read_text().splitlines()[0] + "\n")
 
@@ -151,7 +138,7 @@ def track(store: Store, results: Path, matrix: str, *extra: str):
     env["PYTHONPATH"] = str(REPO)
     if store.env_uri:
         env["MLFLOW_TRACKING_URI"] = store.env_uri
-    command = [sys.executable, "-m", "pipeline.tracking", "--matrix", matrix]
+    command = [sys.executable, "-m", "pipeline.tracking.mlflow_sync", "--matrix", matrix]
     command += ["--cells", str(results / "cells.csv"), "--results-dir", str(results), *extra]
     return subprocess.run(command, cwd=store.cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -296,17 +283,15 @@ def test_running_again_duplicates_nothing(store, results):
 
 def remeasure(results: Path, cell_id: str, finished_at: str, ttft_s_p50: float, new_figure: float) -> None:
     """What a re-run of one cell leaves behind: a new summary and a new row, here with a figure
-    that a newer collect adds as a new column (empty for the cells it does not cover)."""
+    that was empty before (a datasheet MBU, once the datasheet has a number)."""
     summary_json = results / cell_id / "summary.json"
     summary = json.loads(summary_json.read_text())
     summary["finished_at"] = finished_at
-    summary["metrics"]["ttft_s_p50"] = ttft_s_p50
     summary_json.write_text(json.dumps(summary))
     cells = pd.read_csv(results / "cells.csv", dtype=str, keep_default_na=False)
-    assert "new_figure" not in cells.columns
-    cells["new_figure"] = ""
+    assert (cells["mbu"] == "").all()  # no datasheet bandwidth for a CPU
     changed = cells.cell_id == cell_id
-    cells.loc[changed, ["finished_at", "ttft_s_p50", "new_figure"]] = [finished_at, str(ttft_s_p50), str(new_figure)]
+    cells.loc[changed, ["finished_at", "ttft_s_p50", "mbu"]] = [finished_at, str(ttft_s_p50), str(new_figure)]
     cells.to_csv(results / "cells.csv", index=False)
 
 
@@ -323,7 +308,7 @@ def test_a_cell_that_ran_again_replaces_its_figures(store, results):
     grouped = cell_runs(after)
     assert all(len(found) == 1 for found in grouped.values()) and len(grouped) == 3
     (run,) = grouped["hf/tiny-llama/bf16/bs1"]
-    assert run.data.metrics["ttft_s_p50"] == 123.5 and run.data.metrics["new_figure"] == 0.25
+    assert run.data.metrics["ttft_s_p50"] == 123.5 and run.data.metrics["mbu"] == 0.25
     assert run.data.tags["finished_at"] == "2031-01-01T00:00:00+00:00"
     old_ids = run_ids(cell_runs(before))
     assert run.info.run_id not in old_ids.values()
@@ -364,7 +349,7 @@ def test_shorten_keeps_the_start_and_the_cause():
     assert shorten("short", 500) == "short"
 
 
-def test_metric_columns_are_the_numeric_ones_only():
+def test_metric_columns_are_the_schemas_metrics_only():
     cells = pd.DataFrame(
         {
             "cell_id": ["a", "b"],
@@ -372,8 +357,9 @@ def test_metric_columns_are_the_numeric_ones_only():
             "ttft_s_p50": ["0.1", ""],
             "output_tok_s_repeats": ["[1.0, 2.0]", "[3.0]"],
             "gpu": ["", ""],
-            "git_sha": ["123", "abc"],
+            "git_sha": ["123", "456"],  # numbers, but a param
             "mbu": ["", "0.5"],
+            "not_in_the_schema": ["1", "2"],
         }
     )
     assert metric_columns(cells) == ["ttft_s_p50", "mbu"]

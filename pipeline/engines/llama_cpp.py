@@ -6,14 +6,10 @@ import time
 from pathlib import Path
 
 from pipeline.engines.base import Engine, RequestResult
-from pipeline.models import gguf_path
+from pipeline.models.paths import gguf_path
 
 
 class LlamaCppEngine(Engine):
-    import_name = "llama_cpp"
-    distribution = "llama-cpp-python"  # not "llama_cpp": the version lives under the distribution's name
-    env_file = "envs/llama_cpp.yaml"
-
     def load(self) -> None:
         llama_cpp = self.require()
         path = gguf_path(self.cfg.model, self.cfg.models_dir, self.cfg.engine_precision)
@@ -21,15 +17,16 @@ class LlamaCppEngine(Engine):
             raise FileNotFoundError(f"no GGUF file at {path}; for a synthetic model the workflow builds it")
         options = dict(self.cfg.engine.options)
         context = self.cfg.workload.input_tokens + self.cfg.workload.output_tokens
-        self.llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=max(context, options.pop("n_ctx", 0)),
-            n_batch=max(self.cfg.workload.input_tokens, 8),
-            n_threads=self.threads or options.pop("n_threads", None),
-            seed=self.cfg.workload.seed,
-            verbose=False,
+        self.args = {
+            "model_path": str(path),
+            "n_ctx": max(context, options.pop("n_ctx", 0)),
+            "n_batch": max(self.cfg.workload.input_tokens, 8),
+            "n_threads": options.pop("n_threads", None) or self.threads,  # an explicit option wins
+            "seed": self.cfg.workload.seed,
+            "verbose": False,
             **options,
-        )
+        }
+        self.llm = llama_cpp.Llama(**self.args)
         self.path = path
 
     def vocab_size(self) -> int:

@@ -17,11 +17,6 @@ from pipeline.engines.base import Engine, RequestResult
 
 
 class MLCEngine(Engine):
-    import_name = "mlc_llm"
-    distribution = "mlc-llm"
-    other_distributions = ("mlc-llm-nightly-cu128", "mlc-llm-nightly-cu130", "mlc-llm-nightly-cpu")
-    env_file = "envs/mlc.yaml"
-
     def model_location(self) -> str:
         """The MLC build for this precision: model.builds[<quantization code>] or model.path."""
         build = self.cfg.model.builds.get(self.cfg.engine_precision)
@@ -41,13 +36,21 @@ class MLCEngine(Engine):
         options = dict(self.cfg.engine.options)
         model_lib = options.pop("model_lib", None)  # a compiled library; without it MLC JIT-compiles (needs nvcc)
         context = self.cfg.workload.input_tokens + self.cfg.workload.output_tokens
-        engine_config = EngineConfig(
-            max_num_sequence=max(self.max_batch_size, 1),
-            max_total_sequence_length=context * max(self.max_batch_size, 1),
-            prefix_cache_mode="disable",  # repeats must not be served from cache
+        config = {
+            "max_num_sequence": max(self.max_batch_size, 1),
+            "max_total_sequence_length": context * max(self.max_batch_size, 1),
+            "prefix_cache_mode": "disable",  # repeats must not be served from cache
             **options,
-        )
+        }
+        engine_config = EngineConfig(**config)
         device = self.cfg.engine.device
+        self.args = {
+            "model": self.model_location(),
+            "device": device,
+            "model_lib": model_lib,
+            "mode": "server",
+            "engine_config": config,
+        }
         self.loop = asyncio.new_event_loop()
         self.engine = mlc_llm.AsyncMLCEngine(
             self.model_location(), device=device, model_lib=model_lib, mode="server", engine_config=engine_config

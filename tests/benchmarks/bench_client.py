@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pipeline.client import Load, Target, parse_response, run_load  # noqa: E402
+from pipeline.engines.client import Load, Target, parse_response, run_load  # noqa: E402
 from pipeline.engines.server import free_port  # noqa: E402
 
 FAKE_SERVER = REPO / "tests" / "fake_openai_server.py"
@@ -61,8 +61,8 @@ def tokenizer_dir() -> Path:
     """vLLM's client needs a tokenizer for its random prompts: the synthetic tiny-llama's."""
     path = REPO / "models" / "tiny-llama"
     if not (path / "tokenizer.json").exists():
-        from pipeline.compose import compose_cell
-        from pipeline.models import materialize
+        from pipeline.models.synthetic import materialize
+        from pipeline.plan.conf import compose_cell
 
         materialize(compose_cell(["model=tiny-llama"]).model, path)
     return path

@@ -26,8 +26,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pipeline import report  # noqa: E402
-from pipeline.report_plots import all_plots  # noqa: E402
+from pipeline.report import render as report  # noqa: E402
+from pipeline.report.plots import all_plots  # noqa: E402
 
 ENGINES = ["vllm", "mlc", "llama-cpp", "hf"]
 MODELS = ["mistral-7b", "llama2-7b"]

@@ -1,0 +1,157 @@
+"""Cell results -> results/<matrix>/cells.csv (one row per cell) and requests.csv (per request).
+
+    python -m pipeline.analysis.collect --cells OUT.csv --requests OUT.csv [--hardware NAME] SUMMARY.json ...
+
+Everything derived is computed here, from what the jobs measured: per-cell statistics from
+each cell's requests.csv, the datasheet entry for the machine the cell ran on (conf/hardware/
+as it is now), and the roofline. Change any of them and this step re-runs; no engine does.
+Axes come from each result's own fields, never from directory names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.analysis.metrics import summarize
+from pipeline.analysis.roofline import cell_roofline, select_hardware
+from pipeline.config import CellConfig, ConfigError, HardwareConfig
+from pipeline.plan.conf import CONF_DIR, ConfTree
+from pipeline.results.schema import AXES, CELL_COLUMN_NAMES, FINAL, STATUSES, CellResult
+from pipeline.results.store import atomic_write, read_result
+
+
+def read_records(requests_csv: Path) -> list[dict]:
+    """requests.csv -> records as the job wrote them (empty cells as None)."""
+    if not requests_csv.exists() or not requests_csv.stat().st_size:
+        return []
+    frame = pd.read_csv(requests_csv, dtype={"itl_s": str, "error": str})
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    for record in records:
+        record["success"] = str(record["success"]).lower() == "true"
+        record["itl_s"] = record["itl_s"] or "[]"
+    return records
+
+
+def roofline_columns(result: CellResult, metrics: dict, requested: HardwareConfig, tree: ConfTree) -> dict:
+    """The roofline of one cell, or empty columns with the reason it cannot be computed."""
+    if result.config is None:
+        return {"roofline_missing": "the cell has no valid configuration"}
+    try:
+        cfg = CellConfig.from_dict(result.config)
+        entry = select_hardware(requested, result.hardware, tree.hardware_entries())
+        return cell_roofline(
+            cfg,
+            entry,
+            result.peaks,
+            metrics.get("tpot_s_p50"),
+            metrics.get("ttft_s_p50"),
+            weights=result.weights,
+            architecture=result.architecture,
+        )
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        why = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        return {"roofline_missing": f"no model architecture to count bytes from ({why}): give model.architecture"}
+
+
+def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig, tree: ConfTree) -> dict:
+    row = {"cell_id": result.cell_id, **result.cell.axes(), "status": result.status, "error": result.error}
+    metrics = summarize(records) if records else {}
+    row.update(metrics)
+    row.update(roofline_columns(result, metrics, requested, tree))
+    workload = (result.config or {}).get("workload") or {}
+    client = result.client or {}  # server engines: could the client keep up?
+    row.update(
+        engine_version=result.engine_version,
+        engine_precision=result.engine_precision,
+        load_s=result.load_s,
+        warmup_s=result.warmup_s,
+        measure_s=result.measure_s,
+        cell_wall_s=result.cell_wall_s,
+        overhead_s=result.overhead_s,
+        engine_start=result.engine_start,
+        peak_mem_bytes=result.peak_mem_bytes,
+        peak_mem_kind=result.peak_mem_kind,
+        hardware=result.hardware.get("name"),
+        cpu=result.hardware.get("cpu"),
+        gpu=result.hardware.get("gpu"),
+        git_sha=result.git_sha,
+        finished_at=result.finished_at,
+        input_tokens=workload.get("input_tokens"),
+        output_tokens_target=workload.get("output_tokens"),
+        num_requests=workload.get("num_requests"),
+        repeats=workload.get("repeats"),
+        request_rate=workload.get("request_rate"),
+        client_cpu_share=client.get("cpu_share_max"),
+        client_saturated=client.get("saturated"),
+        overrides=" ".join(result.overrides),
+        schema_version=result.schema_version,
+    )
+    unknown = sorted(set(row) - set(CELL_COLUMN_NAMES))
+    if unknown:  # a figure added without declaring it in the schema is a bug, not a new column
+        raise ValueError(f"cells.csv columns {unknown} are not declared in pipeline/results/schema.py")
+    return row
+
+
+def collect(
+    summary_paths: list[Path], hardware: str = "auto", conf_dir: Path = CONF_DIR
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """hardware: the conf/hardware/ entry to judge the cells against (auto: detect per cell)."""
+    tree = ConfTree(conf_dir, [f"hardware={hardware}"])
+    requested = tree.requested_hardware()
+    rows, requests = [], []
+    for path in summary_paths:
+        result = read_result(path)
+        if result is None:
+            raise FileNotFoundError(f"{path}: missing, unreadable or of another schema version")
+        records = read_records(Path(path).with_name("requests.csv"))
+        rows.append(cell_row(result, records, requested, tree))
+        if records:
+            frame = pd.DataFrame.from_records(records)
+            for position, key in enumerate(("cell_id", *AXES)):
+                frame.insert(position, key, rows[-1][key])
+            requests.append(frame)
+    cells = pd.DataFrame(rows).reindex(columns=list(CELL_COLUMN_NAMES))  # every column, empty where unmeasured
+    cells = cells.sort_values(list(AXES), kind="stable").reset_index(drop=True)
+    per_request = pd.concat(requests, ignore_index=True) if requests else pd.DataFrame(columns=["cell_id"])
+    return cells, per_request
+
+
+def status_line(cells_csv: str | Path) -> str:
+    """One line for the end of a run: where the results are and how the cells ended."""
+    cells = pd.read_csv(cells_csv)
+    counts = cells["status"].value_counts()
+    parts = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
+    line = f"llm-infer-bench: {len(cells)} cells ({parts}) -> {cells_csv}"
+    failed = cells[~cells["status"].isin(FINAL)]
+    if len(failed):
+        line += "\n  failed cells are retried by running the workflow again:"
+        for _, row in failed.iterrows():
+            line += f"\n  - {row['cell_id']}: {row['status']}: {row['error']}"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.analysis.collect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", required=True, type=Path, help="output: one row per cell")
+    parser.add_argument("--requests", required=True, type=Path, help="output: one row per measured request")
+    parser.add_argument(
+        "--hardware", default="auto", help="datasheet entry (conf/hardware/NAME.yaml); auto: detect per cell"
+    )
+    parser.add_argument("summaries", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        cells, requests = collect(args.summaries, args.hardware)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    for frame, path in ((cells, args.cells), (requests, args.requests)):
+        atomic_write(path, lambda handle, frame=frame: frame.to_csv(handle, index=False))
+    print(f"collected {len(cells)} cells, {len(requests)} requests", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Per-request records -> per-cell figures: the glossary (README, What the numbers mean), in one place.
+
+ttft_s   request sent -> first chunk carrying output tokens
+e2e_s    request sent -> last token received
+tpot_s   (e2e_s - ttft_s) / (output_tokens - 1)
+itl_s    every gap between consecutive chunks (pooled over requests)
+ms_per_10_words  10000 * sum(e2e_s) / sum(words)   (the notebook's metric; never the headline)
+output_tok_s     all output tokens / measured window
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable
+
+import numpy as np
+
+from pipeline.results.schema import PERCENTILES
+
+
+def _stats(name: str, values: list[float]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {f"{name}_mean": None, **{f"{name}_p{p}": None for p in PERCENTILES}}
+    if values:
+        array = np.asarray(values, dtype=float)
+        out[f"{name}_mean"] = float(array.mean())
+        for p in PERCENTILES:
+            out[f"{name}_p{p}"] = float(np.percentile(array, p))
+    return out
+
+
+def measured_window(records: Iterable[dict]) -> float | None:
+    """First request sent -> last token received, over successful requests."""
+    ok = [r for r in records if r["success"]]
+    if not ok:
+        return None
+    return max(r["t_end"] for r in ok) - min(r["t_send"] for r in ok)
+
+
+def summarize(records: list[dict]) -> dict[str, float | int | None]:
+    """Per-cell figures from the measured requests (records carry a `repeat` column)."""
+    ok = [r for r in records if r["success"]]
+    figures: dict[str, float | int | None] = {
+        "requests": len(records),
+        "requests_ok": len(ok),
+        "requests_failed": len(records) - len(ok),
+    }
+    for name in ("ttft_s", "tpot_s", "e2e_s"):
+        figures.update(_stats(name, [r[name] for r in ok if r[name] is not None]))
+    figures.update(_stats("itl_s", [gap for r in ok for gap in json.loads(r["itl_s"])]))
+
+    tokens = [r["output_tokens"] for r in ok]
+    figures["output_tokens"] = statistics.fmean(tokens) if tokens else None
+    figures["output_tokens_total"] = sum(tokens)
+    retok = [r["output_tokens_retok"] for r in ok if r["output_tokens_retok"] is not None]
+    figures["output_tokens_retok"] = statistics.fmean(retok) if retok else None
+    figures["tokens_per_chunk"] = statistics.fmean(r["tokens_per_chunk"] for r in ok) if ok else None
+
+    # Throughput per repeat (each repeat's own window), then over all repeats.
+    per_repeat = []
+    total_window = 0.0
+    for repeat in sorted({r["repeat"] for r in records}):
+        rows = [r for r in ok if r["repeat"] == repeat]
+        window = measured_window(rows)
+        if window:
+            per_repeat.append(sum(r["output_tokens"] for r in rows) / window)
+            total_window += window
+    figures["output_tok_s"] = sum(tokens) / total_window if total_window else None
+    figures["req_s"] = len(ok) / total_window if total_window else None
+    figures["output_tok_s_repeats"] = json.dumps(per_repeat)
+    figures["output_tok_s_spread"] = (
+        (max(per_repeat) - min(per_repeat)) / statistics.median(per_repeat) if len(per_repeat) > 1 else None
+    )
+    words = sum(r["words"] for r in ok)
+    figures["ms_per_10_words"] = 10_000 * sum(r["e2e_s"] for r in ok) / words if words else None
+    return figures

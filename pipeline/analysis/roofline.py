@@ -1,0 +1,205 @@
+"""How good is this inference speed, from first principles.
+
+Decode reads every weight once per step (plus each sequence's KV cache), so at small
+batch sizes it is memory-bandwidth bound: the best time per output token is
+
+    tpot_floor = bytes read per step / peak memory bandwidth
+
+(a 7B model in bf16 on an A100 at 1935 GB/s: 14 GB / 1935 GB/s = 7.2 ms). Model bandwidth
+utilization (MBU) says how close a cell came: (bytes per step / measured TPOT) / peak.
+Prefill is compute bound: MFU = 2 x params x prompt tokens / TTFT / peak FLOP/s.
+
+    python -m pipeline.analysis.roofline model=llama2-7b precision=fp16 hardware=a100-80g batch_size=1 [--table]
+    python -m pipeline.analysis.roofline --params 7e9 precision=bf16 hardware=a100-80g-pcie --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+
+from pipeline.config import CellConfig, HardwareConfig, PrecisionConfig
+from pipeline.models.shape import ModelShape, weight_bytes
+
+
+def mean_decode_context(input_tokens: int, output_tokens: int) -> float:
+    """Context length averaged over the decode steps (input_tokens + 1 .. + output_tokens - 1)."""
+    return input_tokens + output_tokens / 2
+
+
+def _peak_flops(tflops: dict[str, float], precision: PrecisionConfig) -> float | None:
+    # weight-only int8/int4 still compute in 16-bit
+    dtype = precision.name if precision.name in ("fp32", "bf16", "fp16") else "bf16"
+    value = tflops.get(dtype)
+    return value * 1e12 if value else None
+
+
+def ridge_batch_size(
+    shape: ModelShape, precision: PrecisionConfig, context: float, bandwidth_gbs: float | None, flops: float | None
+) -> float | None:
+    """The batch size at which decode turns compute bound (inf: never, since KV reads grow too)."""
+    if not bandwidth_gbs or not flops:
+        return None
+    ridge = flops / (bandwidth_gbs * 1e9)  # FLOPs per byte where the two roofs meet
+    weights = weight_bytes(shape, precision, read_per_step=True)
+    per_seq_flops = shape.flops_per_token(context)
+    per_seq_bytes = shape.kv_bytes_per_token(precision.kv_bytes) * context
+    denominator = per_seq_flops - ridge * per_seq_bytes
+    return ridge * weights / denominator if denominator > 0 else math.inf
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator or (isinstance(numerator, float) and math.isnan(numerator)):
+        return None
+    return numerator / denominator
+
+
+def cell_roofline(
+    cfg: CellConfig,
+    hardware: HardwareConfig,
+    measured: dict | None = None,
+    tpot_s: float | None = None,
+    ttft_s: float | None = None,
+    weights: dict | None = None,
+    architecture: dict | None = None,
+) -> dict:
+    """The roofline columns of one cell; measured = the probe's peaks on the cell's machine;
+    weights = the engine's exact weight bytes when its file says (else: from the architecture);
+    architecture = the model's shape where its conf has none (its config.json).
+    Raises KeyError/TypeError when the architecture lacks what the accounting needs."""
+    shape = ModelShape.from_architecture(cfg.model.architecture or architecture or {})
+    precision, workload, batch = cfg.precision, cfg.workload, cfg.batch_size
+    context = mean_decode_context(workload.input_tokens, workload.output_tokens)
+    kv_per_token = shape.kv_bytes_per_token(precision.kv_bytes)
+    if weights:
+        total_weights, read_weights, source = weights["total"], weights["read_per_step"], "engine file"
+    else:
+        total_weights = weight_bytes(shape, precision)
+        read_weights, source = weight_bytes(shape, precision, read_per_step=True), "architecture"
+    bytes_per_step = read_weights + batch * kv_per_token * context
+    bandwidth = hardware.memory_bandwidth_gbs
+    measured = measured or {}
+    bandwidth_measured = measured.get("bandwidth_gbs")
+    flops = _peak_flops(hardware.peak_tflops, precision)
+    flops_measured = measured.get("matmul_tflops") and measured["matmul_tflops"] * 1e12
+    achieved = _ratio(bytes_per_step, tpot_s)
+    ridge = ridge_batch_size(shape, precision, context, bandwidth or bandwidth_measured, flops or flops_measured)
+    prefill_flops = 2 * shape.matmul_params * batch * workload.input_tokens
+    row = {
+        "hardware_entry": hardware.name,
+        "params": shape.params,
+        "weight_bytes": total_weights,
+        "weight_bytes_source": source,
+        "kv_bytes_per_token": kv_per_token,
+        "mean_context": context,
+        "bytes_per_step": bytes_per_step,
+        "flops_per_token": shape.flops_per_token(context),
+        "peak_bandwidth_gbs": bandwidth,
+        "peak_bandwidth_measured_gbs": bandwidth_measured,
+        "tpot_floor_s": _ratio(bytes_per_step, bandwidth and bandwidth * 1e9),
+        "tpot_floor_measured_s": _ratio(bytes_per_step, bandwidth_measured and bandwidth_measured * 1e9),
+        "achieved_bandwidth_gbs": achieved and achieved / 1e9,
+        "mbu": _ratio(achieved, bandwidth and bandwidth * 1e9),
+        "mbu_measured": _ratio(achieved, bandwidth_measured and bandwidth_measured * 1e9),
+        "prefill_mfu": _ratio(_ratio(prefill_flops, ttft_s), flops),
+        "prefill_mfu_measured": _ratio(_ratio(prefill_flops, ttft_s), flops_measured),
+        "ridge_batch_size": ridge,
+        "bound": None if ridge is None else ("compute" if batch >= ridge else "memory"),
+        "roofline_flag": "",
+    }
+    if row["mbu_measured"] is not None and row["mbu_measured"] > 1.0:
+        row["roofline_flag"] = (
+            f"MBU {row['mbu_measured']:.2f} exceeds 1.0 against the measured peak "
+            f"({bandwidth_measured:.1f} GB/s): a bytes count or a timing is wrong"
+        )
+    return row
+
+
+# -- hardware detection ---------------------------------------------------------------
+
+
+def select_hardware(requested: HardwareConfig, detected: dict, catalog: list[HardwareConfig]) -> HardwareConfig:
+    """The requested entry, or for `auto` the entry whose pattern matches the detected device."""
+    if requested.kind != "auto":
+        return requested
+    device = detected.get("gpu")
+    if device:
+        for entry in catalog:
+            if entry.kind == "gpu" and any(re.search(p, device, re.IGNORECASE) for p in entry.match):
+                return entry
+        return HardwareConfig(name=f"unlisted: {device}", kind="gpu", source="no datasheet entry; measured only")
+    return next((e for e in catalog if e.kind == "cpu"), HardwareConfig(name="cpu", kind="cpu"))
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def _table(figures: dict) -> str:
+    def show(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    width = max(map(len, figures))
+    return "\n".join(f"{key:<{width}}  {show(value)}" for key, value in figures.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.config import ConfigError
+    from pipeline.plan.conf import ConfTree, compose_cell
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.analysis.roofline",
+        description="The memory-bandwidth floor of decode, and how close a measured TPOT came to it. "
+        "Arguments are Hydra overrides (model=..., precision=..., hardware=..., batch_size=..., "
+        "workload.input_tokens=...); nothing is run.",
+    )
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--table", action="store_true", help="a readable table instead of JSON")
+    parser.add_argument(
+        "--params",
+        type=float,
+        help="a flat parameter count (e.g. 7e9) instead of the model's "
+        "architecture: weights only, no KV cache (the notebook's back-of-envelope figure)",
+    )
+    parser.add_argument("--tpot-ms", type=float, help="a measured TPOT: adds MBU")
+    args = parser.parse_args(argv)
+    try:
+        cfg = compose_cell(args.overrides)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    hardware = cfg.hardware
+    if hardware.kind == "auto":
+        parser.error("name a datasheet entry: hardware=" + "|".join(e.name for e in ConfTree().hardware_entries()))
+    tpot_s = args.tpot_ms / 1e3 if args.tpot_ms else None
+    if args.params:
+        bits = cfg.precision.bits_per_weight or cfg.precision.weight_bits
+        bytes_per_step = args.params * bits / 8
+        figures = {
+            "params": args.params,
+            "weight_bytes": bytes_per_step,
+            "bytes_per_step": bytes_per_step,
+            "peak_bandwidth_gbs": hardware.memory_bandwidth_gbs,
+            "tpot_floor_s": bytes_per_step / (hardware.memory_bandwidth_gbs * 1e9),
+        }
+        if tpot_s:
+            figures["mbu"] = figures["tpot_floor_s"] / tpot_s
+    else:
+        figures = cell_roofline(cfg, hardware, tpot_s=tpot_s)
+    figures = {
+        "model": "params" if args.params else cfg.model.name,
+        "precision": cfg.precision.name,
+        "batch_size": cfg.batch_size,
+        **figures,
+    }
+    if "tpot_floor_s" in figures and figures["tpot_floor_s"]:
+        figures["tpot_floor_ms"] = figures["tpot_floor_s"] * 1e3
+    print(_table(figures) if args.table else json.dumps(figures, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

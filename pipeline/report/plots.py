@@ -1,0 +1,301 @@
+"""The report's plots: matplotlib figures -> SVG data URIs, ready for <img src=...>.
+
+Figures are built with matplotlib.figure.Figure, never pyplot: no GUI backend is ever
+selected and no global figure state leaks between plots (the non-interactive canvases
+are used directly, as with the Agg backend). An <img> data URI rather than inline <svg>
+keeps whatever text a figure carries (model names) out of the page's DOM: an image
+cannot run script.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from pipeline.report.verdict import flag_text, pareto_front
+
+# Text stays text (small files, crisp in the browser); fixed ids and no date: same data, same bytes.
+SVG_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "llm-infer-bench", "font.size": 9}
+PANEL_W, PANEL_H = 4.4, 3.2
+MAX_POINT_LABELS = 12
+CELL_LABEL_PT = 7
+
+
+@dataclass(frozen=True)
+class Plot:
+    key: str
+    title: str
+    caption: str
+    data_uri: str
+
+
+def plain(text) -> str:
+    """Text for matplotlib: a pair of '$' would start mathtext (and may raise on a model name)."""
+    return str(text).replace("$", r"\$")
+
+
+def to_data_uri(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def ok_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    ok = cells[cells["status"] == "ok"].copy()
+    ok["config"] = ok["engine"].astype(str) + " " + ok["precision"].astype(str)
+    return ok
+
+
+def config_colors(cells: pd.DataFrame) -> dict[str, tuple]:
+    """One color per engine x precision, the same in every plot."""
+    configs = sorted((cells["engine"].astype(str) + " " + cells["precision"].astype(str)).unique())
+    palette = matplotlib.colormaps["tab10" if len(configs) <= 10 else "tab20"]
+    return {config: palette(i % palette.N) for i, config in enumerate(configs)}
+
+
+def _panels(count: int) -> tuple[Figure, list]:
+    columns = min(3, count)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(PANEL_W * columns + 1.4, PANEL_H * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel().tolist()
+    for unused in axes[count:]:
+        unused.set_visible(False)
+    return figure, axes[:count]
+
+
+def _cell_rows_figure(labels: list[str]) -> Figure:
+    """A figure with one row per cell, labelled on the left. Margins are set from the label lengths rather
+    than by a layout engine: measuring hundreds of labels dominated the rendering time of a large report."""
+    width, height = 9.0, max(2.2, 0.24 * len(labels) + 1.0)
+    label_in = max(map(len, labels), default=0) * CELL_LABEL_PT * 0.62 / 72 + 0.2
+    figure = Figure(figsize=(width, height))
+    figure.subplots_adjust(left=label_in / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.15 / height)
+    return figure
+
+
+def _shared_legend(figure: Figure, axes: list) -> None:
+    """One legend for all panels (colors mean the same configuration everywhere): cheaper and less clutter."""
+    entries: dict[str, object] = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    figure.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=7)
+
+
+def _batch_axis(axis, batches) -> None:
+    batches = sorted(set(batches))
+    if batches and batches[-1] / batches[0] >= 4:
+        axis.set_xscale("log", base=2)
+    axis.set_xticks(batches, [str(b) for b in batches])
+    axis.minorticks_off()
+    axis.set_xlabel("batch size")
+
+
+def _model_panels(cells: pd.DataFrame, columns: list[str]) -> tuple[Figure, list, list] | None:
+    """One panel per model over the ok cells that have `columns`: (figure, axes, [(axis, model, its cells)])."""
+    ok = ok_cells(cells).dropna(subset=columns)
+    if ok.empty:
+        return None
+    models = sorted(ok["model"].astype(str).unique())
+    figure, axes = _panels(len(models))
+    panels = [(axis, model, ok[ok["model"].astype(str) == model]) for axis, model in zip(axes, models, strict=True)]
+    return figure, axes, panels
+
+
+def metric_vs_batch(cells: pd.DataFrame, metric: str, scale: float, ylabel: str) -> Figure | None:
+    found = _model_panels(cells, [metric])
+    if found is None:
+        return None
+    figure, axes, panels = found
+    colors = config_colors(cells)
+    for axis, model, of_model in panels:
+        for config, line in of_model.groupby("config", sort=True):
+            line = line.sort_values("batch_size")
+            axis.plot(line["batch_size"], line[metric] * scale, marker="o", color=colors[config], label=plain(config))
+        _batch_axis(axis, of_model["batch_size"])
+        axis.set_title(plain(model))
+        axis.set_ylabel(ylabel)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    _shared_legend(figure, axes)
+    return figure
+
+
+@dataclass(frozen=True)
+class BoxStats:
+    """A Tukey box: quartiles, whiskers at the last sample within 1.5 IQR, the rest as outliers."""
+
+    q1: float
+    median: float
+    q3: float
+    low: float
+    high: float
+    outliers: list[float]
+
+
+def box_stats(samples) -> BoxStats:
+    values = np.sort(np.asarray(samples, dtype=float))
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    reach = 1.5 * (q3 - q1)
+    inside = values[(values >= q1 - reach) & (values <= q3 + reach)]
+    outliers = values[(values < q1 - reach) | (values > q3 + reach)]
+    return BoxStats(q1, median, q3, float(inside.min()), float(inside.max()), outliers.tolist())
+
+
+def ttft_boxes(cells: pd.DataFrame, requests: pd.DataFrame) -> Figure | None:
+    if requests.empty or "ttft_s" not in requests:
+        return None
+    measured = requests[requests["success"].astype(str).str.lower() == "true"].dropna(subset=["ttft_s"])
+    samples = {str(c): group.to_numpy() * 1000 for c, group in measured.groupby("cell_id")["ttft_s"]}
+    shown = cells[cells["cell_id"].astype(str).isin(samples)]
+    if shown.empty:
+        return None
+    ids = shown["cell_id"].astype(str).tolist()
+    stats = [box_stats(samples[c]) for c in ids]
+    configs = (shown["engine"].astype(str) + " " + shown["precision"].astype(str)).tolist()
+    colors = config_colors(cells)
+    # Drawn as a few collections rather than axis.boxplot's six artists per box: 200 cells stay fast.
+    y = np.arange(len(ids))[::-1]  # the table's first cell on top
+    q1, median, q3 = (np.array([getattr(b, f) for b in stats]) for f in ("q1", "median", "q3"))
+    low, high = np.array([b.low for b in stats]), np.array([b.high for b in stats])
+    labels = [plain(c) for c in ids]
+    figure = _cell_rows_figure(labels)
+    axis = figure.subplots()
+    axis.hlines(np.r_[y, y], np.r_[low, q3], np.r_[q1, high], color="black", linewidth=0.8)
+    axis.barh(y, q3 - q1, left=q1, height=0.6, color=[colors[c] for c in configs], edgecolor="black", linewidth=0.6)
+    axis.vlines(median, y - 0.3, y + 0.3, color="black", linewidth=1.4)
+    outliers = [(value, row) for b, row in zip(stats, y, strict=True) for value in b.outliers]
+    if outliers:
+        axis.plot(*zip(*outliers, strict=True), linestyle="none", marker="o", markersize=2, color="0.35")
+    # Cells of different models or batch sizes can be 100x apart: a log axis keeps every box readable.
+    positive = [b.low for b in stats if b.low > 0]
+    if positive and max(b.high for b in stats) / min(positive) > 20:
+        axis.set_xscale("log")
+    axis.set_yticks(y, labels, fontsize=CELL_LABEL_PT)
+    axis.set_ylim(-0.7, len(ids) - 0.3)
+    axis.set_xlabel("TTFT (ms), one box per cell over its measured requests")
+    axis.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def latency_vs_throughput(cells: pd.DataFrame) -> Figure | None:
+    found = _model_panels(cells, ["output_tok_s", "tpot_s_p50"])
+    if found is None:
+        return None
+    figure, axes, panels = found
+    colors = config_colors(cells)
+    for axis, model, of_model in panels:
+        on_front = pareto_front(of_model["output_tok_s"], of_model["tpot_s_p50"])
+        for config, points in of_model.groupby("config", sort=True):
+            axis.scatter(points["output_tok_s"], points["tpot_s_p50"] * 1000, color=colors[config], label=plain(config))
+        # Batch-size labels on every point while they stay legible, else on the frontier only.
+        labelled = of_model if len(of_model) <= MAX_POINT_LABELS else of_model[on_front]
+        for point in labelled.itertuples():
+            axis.annotate(
+                f"bs{point.batch_size}",
+                (point.output_tok_s, point.tpot_s_p50 * 1000),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=7,
+            )
+        front = of_model[on_front].sort_values("output_tok_s")
+        axis.plot(
+            front["output_tok_s"],
+            front["tpot_s_p50"] * 1000,
+            color="black",
+            linestyle="--",
+            marker="o",
+            markerfacecolor="none",
+            markersize=10,
+            label="Pareto frontier",
+        )
+        axis.set_title(plain(model))
+        axis.set_xlabel("output tok/s")
+        axis.set_ylabel("TPOT p50 (ms), lower is better")
+        axis.grid(alpha=0.3)
+    _shared_legend(figure, axes)
+    return figure
+
+
+def roofline_bars(cells: pd.DataFrame) -> Figure | None:
+    if "achieved_bandwidth_gbs" not in cells:
+        return None
+    ok = ok_cells(cells).dropna(subset=["achieved_bandwidth_gbs"])
+    if ok.empty:
+        return None
+    labels = [plain(c) for c in ok["cell_id"]]
+    flags = ok["roofline_flag"].map(flag_text) if "roofline_flag" in ok else pd.Series("", index=ok.index)
+    flagged = (flags != "").tolist()
+    figure = _cell_rows_figure(labels)
+    axis = figure.subplots()
+    positions = list(range(len(ok)))[::-1]
+    axis.barh(
+        positions,
+        ok["achieved_bandwidth_gbs"],
+        color=["tab:red" if f else "tab:blue" for f in flagged],
+        label="achieved" + (" (red: flagged, above the measured peak)" if any(flagged) else ""),
+    )
+    for column, marker, name in (
+        ("peak_bandwidth_measured_gbs", "|", "measured peak"),
+        ("peak_bandwidth_gbs", "x", "datasheet peak"),
+    ):
+        if column in ok and ok[column].notna().any():
+            axis.scatter(ok[column], positions, marker=marker, s=120, color="black", label=name, zorder=3)
+    axis.set_yticks(positions, labels, fontsize=CELL_LABEL_PT)
+    axis.set_ylim(-0.7, len(labels) - 0.3)
+    axis.set_xlabel("memory bandwidth (GB/s)")
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    return figure
+
+
+def all_plots(cells: pd.DataFrame, requests: pd.DataFrame) -> list[Plot]:
+    """Every plot the data allows, in report order; a plot without data is left out."""
+    specs = [
+        (
+            "tpot_vs_batch",
+            "TPOT p50 vs batch size",
+            "Time per output token (median over requests), one line per engine x precision, one panel per model.",
+            lambda: metric_vs_batch(cells, "tpot_s_p50", 1000, "TPOT p50 (ms)"),
+        ),
+        (
+            "throughput_vs_batch",
+            "Output tokens per second vs batch size",
+            "All output tokens over the measured window, summed over repeats.",
+            lambda: metric_vs_batch(cells, "output_tok_s", 1, "output tok/s"),
+        ),
+        (
+            "ttft_distribution",
+            "TTFT distribution per cell",
+            "Time to first token over each cell's measured requests (box: quartiles; whiskers: 1.5 IQR).",
+            lambda: ttft_boxes(cells, requests),
+        ),
+        (
+            "latency_vs_throughput",
+            "Latency vs throughput",
+            "Each point is a cell; the dashed line joins the Pareto frontier: no other cell has both "
+            "more throughput and a lower TPOT.",
+            lambda: latency_vs_throughput(cells),
+        ),
+        (
+            "roofline",
+            "Achieved memory bandwidth vs peak",
+            "Bytes read per decode step / TPOT, per cell, against the measured and datasheet peaks.",
+            lambda: roofline_bars(cells),
+        ),
+    ]
+    plots = []
+    for key, title, caption, build in specs:
+        # The style applies while figures are built (font sizes) and saved (SVG options).
+        with matplotlib.rc_context(SVG_STYLE):
+            figure = build()
+            if figure is not None:
+                plots.append(Plot(key, title, caption, to_data_uri(figure)))
+    return plots

@@ -1,0 +1,204 @@
+"""The report's tables as rows of display strings, shared by the HTML and Markdown renderings.
+
+A figure that was not measured shows as a dash, never as 0 (the glossary's rule).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from pipeline.report.verdict import ROOFLINE_FLAG, as_number, flag_text, significant
+
+MISSING = "–"
+
+
+def text(value) -> str:
+    return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def integer(value) -> str:
+    figure = as_number(value)
+    return MISSING if figure is None else str(int(figure))
+
+
+def number(value) -> str:
+    figure = as_number(value)
+    return MISSING if figure is None else significant(figure)
+
+
+def milliseconds(seconds) -> str:
+    figure = as_number(seconds)
+    return MISSING if figure is None else significant(figure * 1000)
+
+
+def percent(value) -> str:
+    figure = as_number(value)
+    return MISSING if figure is None else f"{figure * 100:.1f}%"
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    key: str
+    show: Callable[[object], str]
+    numeric: bool = True
+
+
+CELL_COLUMNS = [
+    Column("engine", "engine", text, numeric=False),
+    Column("model", "model", text, numeric=False),
+    Column("precision", "precision", text, numeric=False),
+    Column("batch", "batch_size", integer),
+    Column("status", "status_label", text, numeric=False),
+    Column("TTFT p50 ms", "ttft_s_p50", milliseconds),
+    Column("TTFT p99 ms", "ttft_s_p99", milliseconds),
+    Column("TPOT p50 ms", "tpot_s_p50", milliseconds),
+    Column("TPOT p99 ms", "tpot_s_p99", milliseconds),
+    Column("E2E p50 ms", "e2e_s_p50", milliseconds),
+    Column("E2E p99 ms", "e2e_s_p99", milliseconds),
+    Column("output tok/s", "output_tok_s", number),
+    Column("ms / 10 words", "ms_per_10_words", number),
+    Column("spread", "output_tok_s_spread", percent),
+]
+# Shown only where cells.csv has them with at least one value (a CPU has no datasheet peak, for one).
+ROOFLINE_COLUMNS = [
+    Column("MBU (measured peak)", "mbu_measured", percent),
+    Column("MBU (datasheet)", "mbu", percent),
+    Column("TPOT floor ms (measured peak)", "tpot_floor_measured_s", milliseconds),
+    Column("TPOT floor ms (datasheet)", "tpot_floor_s", milliseconds),
+    Column("bound", "bound", text, numeric=False),
+]
+
+
+def cell_columns(cells: pd.DataFrame) -> list[Column]:
+    return CELL_COLUMNS + [c for c in ROOFLINE_COLUMNS if c.key in cells and cells[c.key].notna().any()]
+
+
+def status_label(row: pd.Series) -> str:
+    status = text(row.get("status"))
+    return f"{status}, flagged" if status == "ok" and flag_text(row.get(ROOFLINE_FLAG)) else status
+
+
+def notes(row: pd.Series) -> str:
+    """Why a cell is not a plain success: its error, its roofline flag, its failed requests."""
+    found = []
+    if row.get("status") != "ok" and text(row.get("error")) != MISSING:
+        found.append(str(row["error"]))
+    flag = flag_text(row.get(ROOFLINE_FLAG))
+    if flag:
+        found.append(f"roofline: {flag}")
+    failed = as_number(row.get("requests_failed"))
+    if failed:
+        found.append(f"{int(failed)} of {integer(row.get('requests'))} requests failed")
+    return "; ".join(found)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    cell_id: str
+    status: str  # ok, unsupported, error, timeout (drives the row's style)
+    flagged: bool
+    values: list[str]
+    notes: str
+
+
+def cell_rows(cells: pd.DataFrame, columns: list[Column]) -> list[TableRow]:
+    rows = []
+    for _, row in cells.iterrows():
+        row["status_label"] = status_label(row)
+        rows.append(
+            TableRow(
+                cell_id=text(row.get("cell_id")),
+                status=text(row.get("status")),
+                flagged=bool(flag_text(row.get(ROOFLINE_FLAG))),
+                values=[column.show(row.get(column.key)) for column in columns],
+                notes=notes(row),
+            )
+        )
+    return rows
+
+
+def failure_rows(cells: pd.DataFrame) -> list[dict]:
+    failed = cells[cells["status"] != "ok"]
+    return [
+        {"cell_id": text(row["cell_id"]), "status": text(row["status"]), "reason": text(row.get("error"))}
+        for _, row in failed.iterrows()
+    ]
+
+
+def flagged_rows(cells: pd.DataFrame) -> list[dict]:
+    if ROOFLINE_FLAG not in cells:
+        return []
+    return [
+        {"cell_id": text(row["cell_id"]), "flag": flag_text(row[ROOFLINE_FLAG])}
+        for _, row in cells.iterrows()
+        if flag_text(row[ROOFLINE_FLAG])
+    ]
+
+
+def _repeat_values(raw) -> list[float]:
+    try:
+        values = json.loads(raw) if isinstance(raw, str) else []
+    except ValueError:
+        return []
+    return [float(v) for v in values if as_number(v) is not None]
+
+
+def noise_rows(cells: pd.DataFrame) -> list[dict]:
+    ok = cells[cells["status"] == "ok"]
+    rows = []
+    for _, row in ok.iterrows():
+        repeats = _repeat_values(row.get("output_tok_s_repeats"))
+        rows.append(
+            {
+                "cell_id": text(row["cell_id"]),
+                "repeats": str(len(repeats)) if repeats else integer(row.get("repeats")),
+                "per_repeat": ", ".join(f"{v:.3g}" for v in repeats) or MISSING,
+                "spread": percent(row.get("output_tok_s_spread")),
+            }
+        )
+    return rows
+
+
+def _distinct(cells: pd.DataFrame, column: str) -> str:
+    if column not in cells:
+        return MISSING
+    # pandas reads an integer column with gaps as floats: 64.0 is shown as 64.
+    shown = (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in cells[column].dropna())
+    values = sorted({v for v in shown if v.strip()})
+    return ", ".join(values) or MISSING
+
+
+def _engine_versions(cells: pd.DataFrame) -> str:
+    if "engine_version" not in cells:
+        return MISSING
+    pairs = cells.dropna(subset=["engine_version"])[["engine", "engine_version"]].drop_duplicates()
+    return ", ".join(f"{e} {v}" for e, v in sorted(pairs.astype(str).itertuples(index=False))) or MISSING
+
+
+def _period(cells: pd.DataFrame) -> str:
+    if "finished_at" not in cells or cells["finished_at"].dropna().empty:
+        return MISSING
+    times = sorted(cells["finished_at"].dropna().astype(str))
+    return times[0] if times[0] == times[-1] else f"{times[0]} to {times[-1]}"
+
+
+def environment_rows(cells: pd.DataFrame) -> list[tuple[str, str]]:
+    return [
+        ("hardware", _distinct(cells, "hardware")),
+        ("CPU", _distinct(cells, "cpu")),
+        ("GPU", _distinct(cells, "gpu")),
+        ("engine versions", _engine_versions(cells)),
+        ("git sha", _distinct(cells, "git_sha")),
+        ("cells finished", _period(cells)),
+        ("input tokens", _distinct(cells, "input_tokens")),
+        ("output tokens", _distinct(cells, "output_tokens_target")),
+        ("requests per repeat", _distinct(cells, "num_requests")),
+        ("repeats", _distinct(cells, "repeats")),
+        ("overrides", _distinct(cells, "overrides")),
+    ]

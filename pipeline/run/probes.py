@@ -1,0 +1,100 @@
+"""Short measured peaks of the machine a cell runs on: large memory traffic and a large matmul.
+
+Run in the engine's process, on its device, with its thread count, right after the engine
+loads; cached per machine (host, device, threads, dtype) so a sweep pays it once.
+
+Bandwidth is probed twice: a copy (bytes read + written) and a read-only reduction. Decode
+mostly reads, and on CPUs reads run faster than copies, so the peak is the better of the
+two; against a copy alone a good engine would show an MBU above 1.0. The best repeat is the
+peak (MBU above 1.0 against it means an accounting bug); the spread is kept because shared
+machines drift (on the 2-core development machines, two threads flip between ~35 and ~60 GB/s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from pipeline.results.store import write_json
+
+CACHE_FILE = Path(os.environ.get("LLM_BENCH_CACHE", Path.home() / ".cache" / "llm-infer-bench")) / "probes.json"
+PROBE_VERSION = 1  # bump when the method changes, so that old cache entries are ignored
+
+
+def _timed(fn, repeats: int, sync) -> list[float]:
+    fn()  # first touch: page faults and kernel selection are not bandwidth
+    sync()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def measure_peaks(
+    device: str,
+    dtype: str,
+    threads: int | None,
+    copy_bytes: int | None = None,
+    matmul_n: int | None = None,
+    repeats: int = 5,
+) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    gpu = device.startswith("cuda")
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    copy_bytes = copy_bytes or (2 << 30 if gpu else 1 << 30)
+    src = torch.ones(copy_bytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    copy = [2 * copy_bytes / t / 1e9 for t in _timed(lambda: dst.copy_(src), repeats, sync)]
+    read = [copy_bytes / t / 1e9 for t in _timed(lambda: src.sum(), repeats, sync)]
+    bandwidths = copy if max(copy) >= max(read) else read
+
+    torch_dtype = getattr(torch, dtype)
+    n = matmul_n or (8192 if gpu else 1024)
+    a = torch.randn(n, n, device=device).to(torch_dtype)
+    b = torch.randn(n, n, device=device).to(torch_dtype)
+    matmul_times = _timed(lambda: a @ b, repeats, sync)
+    tflops = [2 * n**3 / t / 1e12 for t in matmul_times]
+    return {
+        "bandwidth_gbs": max(bandwidths),
+        "bandwidth_gbs_median": statistics.median(bandwidths),
+        "bandwidth_spread": (max(bandwidths) - min(bandwidths)) / statistics.median(bandwidths),
+        "bandwidth_from": "copy" if bandwidths is copy else "read",
+        "copy_gbs": max(copy),
+        "read_gbs": max(read),
+        "matmul_tflops": max(tflops),
+        "matmul_tflops_median": statistics.median(tflops),
+        "copy_bytes": copy_bytes,
+        "matmul_n": n,
+        "dtype": dtype,
+        "device": device,
+        "threads": threads or torch.get_num_threads(),
+        "repeats": repeats,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def cached_peaks(
+    device: str, device_name: str, dtype: str, threads: int | None, cache_file: Path = CACHE_FILE, **probe_options
+) -> dict:
+    """The machine's peaks from the cache, measuring them on a miss."""
+    key = f"v{PROBE_VERSION}|{platform.node()}|{device_name}|{device}|{dtype}|threads={threads}"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return {**cache[key], "cached": True}
+    peaks = measure_peaks(device, dtype, threads, **probe_options)
+    cache[key] = peaks
+    write_json(cache_file, cache)  # concurrent writers may drop each other's entry: it is only re-measured
+    return {**peaks, "cached": False}

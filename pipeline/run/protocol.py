@@ -1,0 +1,59 @@
+"""The messages between the supervisor (pipeline.run.supervisor) and its engine process
+(pipeline.run.engine_process), sent over a multiprocessing pipe.
+
+supervisor -> engine: RunCell, then Stop.
+engine -> supervisor: Ready or LoadFailed once; then CellDone or CellFailed per RunCell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunCell:
+    config: dict  # CellConfig.to_dict()
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    load_s: float
+    engine_version: str
+    engine_args: dict  # what the engine was really started with
+    engine_env: dict  # environment variables that change its behaviour
+    hardware: dict  # the machine, as detected in the engine's process
+    peaks: dict  # measured on the engine's device (empty, or {"error": ...}, when not)
+    weights: dict | None  # exact weight bytes from the engine's file, where it says
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    error: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class CellDone:
+    records: list[dict]
+    warmup_s: float
+    measure_s: float
+    peak_mem_bytes: int | None
+    peak_mem_kind: str
+    client: dict | None = None  # server engines: could the client keep up?
+
+
+@dataclass(frozen=True)
+class CellFailed:
+    error: str
+    traceback: str
+    engine_alive: bool  # False: the engine cannot serve another cell (its server died)
+
+
+EngineMessage = Ready | LoadFailed | CellDone | CellFailed
+SupervisorMessage = RunCell | Stop
+__all__ = ["CellDone", "CellFailed", "EngineMessage", "LoadFailed", "Ready", "RunCell", "Stop", "SupervisorMessage"]

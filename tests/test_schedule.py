@@ -1,0 +1,126 @@
+"""The Snakefile's helpers: --config splitting, and which cells a (re-)run must measure."""
+
+import pytest
+
+from pipeline.plan.conf import ConfTree, compose_cell, measurement_digest
+from pipeline.plan.matrix import load_plan
+from pipeline.plan.schedule import cell_state, schedule, split_config
+from pipeline.results.schema import Cell, CellResult
+from pipeline.results.store import summary_path, write_json
+from tests.conftest import CONF
+
+
+def test_config_matrix_and_overrides():
+    # as Snakemake hands them over for
+    #   --config matrix=smoke models_dir=m workload="{seed: 3}" overrides="workload.output_tokens=16 engine.device=cpu"
+    config = {
+        "matrix": "smoke",
+        "models_dir": "m",
+        "workload": {"seed": "3"},
+        "overrides": "workload.output_tokens=16 engine.device=cpu",
+    }
+    matrix, overrides = split_config(config)
+    assert matrix == "smoke"
+    assert overrides == ["models_dir=m", "workload.seed=3", "workload.output_tokens=16", "engine.device=cpu"]
+
+
+def test_default_matrix_when_none_given():
+    assert split_config({}) == ("default", [])
+
+
+def result(status: str, digest: str = "D", finished_at: str = "") -> CellResult:
+    return CellResult(
+        "hf/tiny-llama/bf16/bs1", "hf", "tiny-llama", "bf16", 1, status, digest=digest, finished_at=finished_at
+    )
+
+
+@pytest.mark.parametrize(
+    ("summary", "state"),
+    [
+        (None, "new"),
+        (result("ok"), "done"),
+        (result("unsupported"), "done"),
+        (result("ok", digest="edited"), "stale"),
+        (result("error", finished_at="T1"), "retry:error@T1"),
+        (result("timeout", finished_at="T2"), "retry:timeout@T2"),
+    ],
+)
+def test_cell_state(summary, state):
+    assert cell_state(summary, "D") == state
+
+
+def test_the_digest_follows_what_a_cell_is_measured_with_and_nothing_else(tmp_path):
+    import shutil
+
+    conf = shutil.copytree(CONF, tmp_path / "conf")
+    before = ConfTree(conf).digest("hf", "tiny-llama", "bf16")
+    assert ConfTree(conf).digest("hf", "small-llama", "bf16") != before
+    small = conf / "model/small-llama.yaml"
+    small.write_text(small.read_text().replace("seed: 0", "seed: 9"))  # a file the cell does not use
+    assert ConfTree(conf).digest("hf", "tiny-llama", "bf16") == before
+    # a comment, a datasheet number, another workload file: not measurement inputs
+    text = (conf / "model/tiny-llama.yaml").read_text()
+    (conf / "model/tiny-llama.yaml").write_text("# a comment\n" + text)
+    (conf / "hardware/a100-80g.yaml").write_text((conf / "hardware/a100-80g.yaml").read_text().replace("2039", "2000"))
+    (conf / "workload/long.yaml").write_text("input_tokens: 512\n")
+    assert ConfTree(conf).digest("hf", "tiny-llama", "bf16") == before
+    # a value the engine is measured with is
+    (conf / "model/tiny-llama.yaml").write_text(text.replace("seed: 0", "seed: 1"))
+    assert ConfTree(conf).digest("hf", "tiny-llama", "bf16") != before
+    assert ConfTree(conf, ["workload.output_tokens=8"]).digest("hf", "tiny-llama", "bf16") != before
+
+
+def test_overrides_in_another_order_are_the_same_digest():
+    one = ConfTree(CONF, ["workload.output_tokens=8", "engine.threads=1", "model.seed=3"])
+    other = ConfTree(CONF, ["model.seed=3", "workload.output_tokens=8", "engine.threads=1"])
+    assert one.digest("hf", "tiny-llama", "bf16") == other.digest("hf", "tiny-llama", "bf16")
+    assert one.digest("hf", "tiny-llama", "bf16") != ConfTree(CONF).digest("hf", "tiny-llama", "bf16")
+
+
+def test_the_job_and_the_planner_compute_the_same_digest():
+    overrides = ["workload.output_tokens=8", "engine.threads=1"]
+    cell = compose_cell([*overrides, "engine=vllm_server", "model=small-llama", "precision=fp32", "batch_size=4"])
+    assert measurement_digest(cell.to_dict()) == ConfTree(CONF, overrides).digest("vllm_server", "small-llama", "fp32")
+
+
+def write_result(results, cell: Cell, status: str, digest: str, finished_at: str = "T") -> None:
+    values = CellResult(cell.cell_id, *cell.axes().values(), status, digest=digest, finished_at=finished_at)
+    write_json(summary_path(results, cell), values.to_dict())
+
+
+def test_schedule_keeps_finished_cells_and_reruns_the_rest(tmp_path):
+    plan, tree = load_plan("smoke", CONF)
+    results = tmp_path / "results" / "smoke"
+    bs1, bs2 = (Cell("hf", "tiny-llama", "bf16", bs) for bs in (1, 2))
+    digest = tree.digest("hf", "tiny-llama", "bf16")
+    write_result(results, bs1, "ok", digest)
+    write_result(results, bs2, "error", digest, finished_at="T")
+    sched = schedule(plan, tree, results)
+    assert sched.cell_states == {bs1: "done", bs2: "retry:error@T"}
+    (job,) = sched.jobs
+    assert job.batch_sizes == (2,)
+    assert job.outputs == (str(results / "hf/tiny-llama/bf16/bs2/summary.json"),)
+    assert job.attempt_file.startswith(str(results / "hf/tiny-llama/bf16/attempts/"))
+    assert job.model_input == "models/tiny-llama/config.json"
+    assert "1 done" in sched.describe() and "1 to retry" in sched.describe()
+
+    # the next attempt fails again: a new attempt record, missing, so Snakemake runs the job again
+    write_result(results, bs2, "error", digest, finished_at="T+1")
+    again = schedule(plan, tree, results).jobs[0]
+    assert again.state != job.state and again.attempt_file != job.attempt_file
+
+
+def test_schedule_has_no_job_when_everything_is_done(tmp_path):
+    plan, tree = load_plan("smoke", CONF)
+    results = tmp_path / "smoke"
+    for bs in (1, 2):
+        write_result(results, Cell("hf", "tiny-llama", "bf16", bs), "ok", tree.digest("hf", "tiny-llama", "bf16"))
+    assert schedule(plan, tree, results).jobs == ()
+
+
+def test_a_result_of_another_schema_version_is_measured_again(tmp_path):
+    plan, tree = load_plan("smoke", CONF)
+    results = tmp_path / "smoke"
+    cell = Cell("hf", "tiny-llama", "bf16", 1)
+    write_json(summary_path(results, cell), {"status": "ok", "schema_version": 1, "cell_id": cell.cell_id})
+    assert schedule(plan, tree, results).cell_states[cell] == "new"
