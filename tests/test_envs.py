@@ -65,3 +65,20 @@ def test_the_gpu_only_mlc_environment_names_its_wheels_and_shares_the_pipeline_p
     assert any(p.startswith("mlc-llm") for p in pins) and any(p.startswith("mlc-ai") for p in pins)
     assert {p for p in pins if p.startswith(("hydra-core", "pandas", "pyyaml"))} <= ci_core()
 
+
+def test_llama_cpp_is_built_for_the_cpu_it_runs_on_without_amx():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cmake_args", REPO / "envs/llama_cpp_cmake_args.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sapphire = module.cpu_flags(
+        "flags\t\t: fpu avx avx2 fma f16c bmi2 avx512f avx512cd avx512vl avx512dq avx512bw "
+        "avx512_vnni amx_tile amx_int8 amx_bf16\n"
+    )
+    args = module.cmake_args(sapphire).split()
+    assert "-DGGML_NATIVE=OFF" in args and "-DGGML_AVX512=ON" in args and "-DGGML_AVX512_VNNI=ON" in args
+    assert {"-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"} <= set(args)
+    assert "-DGGML_AVX512_BF16=OFF" in args  # not listed by this CPU
+    older = module.cmake_args(module.cpu_flags("flags : avx avx2 fma f16c\n")).split()
+    assert "-DGGML_AVX512=OFF" in older and "-DGGML_AVX2=ON" in older
