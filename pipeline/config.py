@@ -57,10 +57,13 @@ class ServerSettings:
     api: str = "completions"  # /v1/completions or /v1/chat/completions
     prompt_format: str = "token_ids"  # token_ids: exact by construction; text: checked against usage
     ready_path: str = "/v1/models"  # polled until it answers 200
-    body: dict[str, Any] = field(default_factory=dict)  # extra request fields; "{output_tokens}" is filled in
+    body: dict[str, Any] | None = None  # extra request fields; "{output_tokens}" is filled in
     stop_timeout_s: float = 15.0  # SIGTERM, then SIGKILL after this long
 
     def __post_init__(self):
+        if self.body is None:  # null in a conf file, so that a whole mapping can be set from the command line
+            object.__setattr__(self, "body", {})
+        _require(isinstance(self.body, dict), f"engine.server.body must be a mapping, got {self.body!r}")
         _require(bool(self.command) or bool(self.base_url), "engine.server: give a launch command or a base_url")
         _require(self.api in SERVER_APIS, f"engine.server.api must be one of {SERVER_APIS}, got {self.api!r}")
         _require(

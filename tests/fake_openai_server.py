@@ -33,6 +33,13 @@ parser.add_argument("--status", type=int, default=200, help="answer completions 
 parser.add_argument("--die-after", type=int, default=None, help="exit in the middle of stream N+1")
 parser.add_argument("--no-usage", action="store_true", help="never send usage (like servers that lack it)")
 parser.add_argument("--extra-prompt-tokens", type=int, default=0, help="count prompts this much longer (a BOS)")
+parser.add_argument(
+    "--hold-every",
+    type=int,
+    default=0,
+    help="every Nth token's event has empty text, its text coming with the next one (as a real server "
+    "holds back a token that ends inside a UTF-8 character)",
+)
 ARGS = parser.parse_args()
 STATS: list[dict] = []
 STARTED = 0
@@ -50,11 +57,21 @@ def _event(payload: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+def _text(i: int) -> str:
+    """Token i's text; a held-back token's text comes with the token after it."""
+    if ARGS.hold_every and i % ARGS.hold_every == ARGS.hold_every - 1:
+        return ""
+    held = ARGS.hold_every and i > 0 and (i - 1) % ARGS.hold_every == ARGS.hold_every - 1
+    return (f" w{i - 1}" if held else "") + f" w{i}"
+
+
 @functools.cache
-def _token_event(kind: str, i: int) -> bytes:
+def _token_event(kind: str, i: int, token_ids: bool) -> bytes:
     """Token i's event, encoded once: in throughput mode the server's work must stay small."""
-    text = f" w{i}"
+    text = _text(i)
     choice = {"index": 0, "delta": {"content": text}} if kind.startswith("chat") else {"index": 0, "text": text}
+    if token_ids:  # vLLM's return_token_ids
+        choice["token_ids"] = [100 + i]
     return _event({"object": kind, "choices": [choice]})
 
 
@@ -135,6 +152,12 @@ class _Server(asyncio.Protocol):
         write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         kind = "chat.completion.chunk" if chat else "text_completion"
         sent, pending = [], []
+        if chat:  # a chat stream opens with the assistant's role and no token, as vLLM's does
+            write(
+                _chunk(
+                    _event({"object": kind, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+                )
+            )
         for i in range(tokens):
             if dies and i == tokens // 2:
                 os._exit(3)
@@ -144,7 +167,7 @@ class _Server(asyncio.Protocol):
                 await asyncio.sleep(due - loop.time() - SPIN_S)
             while loop.time() < due:
                 pass
-            pending.append(_token_event(kind, i))
+            pending.append(_token_event(kind, i, bool(body.get("return_token_ids"))))
             if len(pending) >= ARGS.events_per_write:
                 write(_chunk(b"".join(pending)))
                 pending.clear()

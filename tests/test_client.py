@@ -114,6 +114,113 @@ def test_chat_api_reads_delta_content(scheduled_server):
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 5}
     _, parsed = parsed_run(target, 1, Load(), {**body, "stream": True, "stream_options": {"include_usage": True}})
     assert parsed[0].result.text == " w0 w1 w2 w3 w4" and parsed[0].prompt_tokens == 3
+    # the role announcement that opens the stream is no token
+    assert len(parsed[0].result.chunk_times) == 5 and parsed[0].result.chunk_tokens == [1] * 5
+
+
+@pytest.mark.parametrize("api", ["completions", CHAT])
+@pytest.mark.parametrize("token_ids", [False, True])
+def test_tokens_whose_text_is_held_back_still_arrive_on_time(api, token_ids):
+    """Every 3rd token ends inside a character: its event has empty text. It is a token all the same."""
+    process, url = start_fake_server("--ttft", str(TTFT), "--itl", str(ITL), "--hold-every", "3")
+    try:
+        target = Target.from_base_url(url, api=api)
+        body = (
+            completion()
+            if api != CHAT
+            else {
+                "model": "fake-model",
+                "messages": [{"role": "user", "content": "a b"}],
+                "max_tokens": TOKENS,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        )
+        if token_ids:
+            body["return_token_ids"] = True
+        _, (parsed,) = parsed_run(target, 1, Load(), body)
+    finally:
+        process.kill()
+        process.wait()
+    result = parsed.result
+    assert result.success and result.output_tokens == TOKENS
+    assert len(result.chunk_times) == TOKENS and result.chunk_tokens == [1] * TOKENS
+    assert result.counted_by == ("server_counts" if token_ids else "one_per_event")
+    assert result.text == "".join(f" w{i}" for i in range(TOKENS))  # the held-back text came later
+    gaps = [b - a for a, b in zip(result.chunk_times, result.chunk_times[1:], strict=False)]
+    assert statistics.median(gaps) == pytest.approx(ITL, abs=0.002)  # no merged gaps
+    assert max(gaps) < 3 * ITL + 0.02
+
+
+def events(*payloads: dict) -> RawResponse:
+    return RawResponse(
+        t_send=0.0, status=200, events=[(0.1 * (i + 1), json.dumps(p).encode()) for i, p in enumerate(payloads)]
+    )
+
+
+USAGE = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}
+
+
+@pytest.mark.parametrize(
+    ("api", "token"),
+    [("completions", lambda text: {"text": text}), (CHAT, lambda text: {"delta": {"content": text}})],
+)
+def test_a_stream_of_empty_events_is_a_success_with_the_usage_count(api, token):
+    raw = events(*({"choices": [token("")]} for _ in range(3)), USAGE)
+    result = parse_response(raw, api).result
+    assert result.success and result.text == "" and result.output_tokens == 3
+    assert result.chunk_times == pytest.approx([0.1, 0.2, 0.3]) and result.chunk_tokens == [1, 1, 1]
+
+
+def test_role_only_and_usage_only_events_carry_no_tokens():
+    role = {"choices": [{"delta": {"role": "assistant", "content": ""}}]}
+    raw = events(
+        role,
+        {"choices": [{"delta": {"content": "a"}}]},
+        {"choices": [{"delta": {"content": ""}}]},
+        {"choices": [{"delta": {"content": "b"}}]},
+        USAGE,
+    )
+    result = parse_response(raw, CHAT).result
+    assert result.chunk_times == pytest.approx([0.2, 0.3, 0.4]) and result.output_tokens == 3
+    usage_only = parse_response(events({"choices": [{"text": "a"}]}, USAGE), "completions").result
+    assert usage_only.chunk_times == pytest.approx([0.1]) and usage_only.chunk_tokens == [3]
+    assert usage_only.counted_by == "spread"  # one event for three tokens: several tokens per event
+
+
+def test_token_counts_the_server_streams_are_used_as_they_are():
+    ids = events(
+        {"choices": [{"text": "", "token_ids": [7, 8]}]},
+        {"choices": [{"text": "ab", "token_ids": [9]}]},
+        {"choices": [{"text": "", "token_ids": [], "finish_reason": "length"}]},
+        USAGE,
+    )
+    result = parse_response(ids, "completions").result
+    assert result.chunk_tokens == [2, 1] and result.chunk_times == pytest.approx([0.1, 0.2])
+    logprobs = events(
+        {"choices": [{"text": "x", "logprobs": {"tokens": ["x", "y"]}}]},
+        {"choices": [{"text": "", "logprobs": {"tokens": ["z"]}}]},
+        USAGE,
+    )
+    assert parse_response(logprobs, "completions").result.chunk_tokens == [2, 1]
+    running = events(
+        {"choices": [{"text": "a"}], "usage": {"completion_tokens": 1}},
+        {"choices": [{"text": ""}], "usage": {"completion_tokens": 3}},
+        USAGE,
+    )
+    assert parse_response(running, "completions").result.chunk_tokens == [1, 2]  # continuous usage stats
+
+
+def test_a_finish_only_event_beyond_the_usage_count_is_no_token():
+    raw = events(
+        {"choices": [{"text": "a"}]},
+        {"choices": [{"text": "b"}]},
+        {"choices": [{"text": "c"}]},
+        {"choices": [{"text": "", "finish_reason": "length"}]},
+        USAGE,
+    )
+    result = parse_response(raw, "completions").result
+    assert result.chunk_times == pytest.approx([0.1, 0.2, 0.3]) and result.chunk_tokens == [1, 1, 1]
 
 
 def test_http_errors_and_refused_connections_are_recorded_per_request():
@@ -182,7 +289,8 @@ def test_events_split_anywhere_across_reads_parse_the_same(separator):
         raw = feed([response[i : i + size] for i in range(0, len(response), size)])
         parsed = parse_response(raw)
         assert raw.error == "" and raw.status == 200
-        assert parsed.result.text == "abc" and len(parsed.result.chunk_times) == 3  # the empty chunk is no chunk
+        # four events for the three tokens the usage counts: the empty one is bookkeeping, no token
+        assert parsed.result.text == "abc" and len(parsed.result.chunk_times) == 3
         assert parsed.result.output_tokens == 3 and parsed.prompt_tokens == 9
 
 

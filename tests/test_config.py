@@ -4,6 +4,7 @@ import pytest
 
 from pipeline.config import CellConfig, ConfigError, WorkloadConfig
 from pipeline.plan.conf import check_overrides, compose_cell, to_override
+from tests.conftest import CONF
 
 
 def test_default_config_composes_into_dataclasses():
@@ -104,3 +105,12 @@ def test_server_settings_compose_into_their_own_dataclass():
     assert cfg.engine.server.prompt_format == "text" and "--interrupt_requests" in cfg.engine.server.command
     assert cfg.engine.environment == "llama_cpp" and cfg.engine_precision == "Q4_0"
     assert CellConfig.from_dict(cfg.to_dict()) == cfg  # what the engine process receives is the same config
+
+
+@pytest.mark.parametrize("override", ["engine.server.body={ignore_eos: true}", "+engine.server.body.ignore_eos=true"])
+def test_the_documented_ways_to_set_an_endpoints_request_fields_work(override):
+    text = (CONF / "engine/openai.yaml").read_text()
+    assert "engine.server.body={ignore_eos: true}" in text and "+engine.server.body." in text
+    cell = compose_cell(["engine=openai", override])
+    assert cell.engine.server.body == {"ignore_eos": True}
+    assert compose_cell(["engine=openai"]).engine.server.body == {}

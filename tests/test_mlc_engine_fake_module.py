@@ -33,10 +33,25 @@ FAKE_MLC = textwrap.dedent(
                     yield NS(choices=[NS(text=f"w{index} x ")], usage=None)
                 yield NS(choices=[], usage=NS(completion_tokens=6, prompt_tokens=len(kwargs["prompt"])))
             return stream()
+        async def _generate(self, prompt, generation_config, request_id):
+            CALLS.append(("generate", prompt, generation_config, request_id))
+            # 4 steps of one token, 10 ms apart; step 2's token ends inside a character: empty text
+            for text in ("w0 ", "", "w1 w2 ", "x "):
+                await asyncio.sleep(0.01)
+                yield [NS(delta_text=text, delta_logprob_json_strs=['{"token": "t"}'], finish_reason=None,
+                          request_final_usage_json_str=None)]
+            usage = '{"prompt_tokens": %d, "completion_tokens": 4, "total_tokens": 0}' % len(prompt)
+            yield [NS(delta_text="", delta_logprob_json_strs=None, finish_reason=None,
+                      request_final_usage_json_str=usage)]
         def terminate(self):
             CALLS.append(("terminate",))
     """
 )
+KWARGS_CLASS = "class {}:\n    def __init__(self, **kwargs):\n        self.kwargs = kwargs\n"
+FAKE_PROTOCOL = {
+    "generation_config.py": KWARGS_CLASS.format("GenerationConfig"),
+    "debug_protocol.py": KWARGS_CLASS.format("DebugConfig"),
+}
 FAKE_CONFIG = textwrap.dedent(
     """
     class EngineConfig:
@@ -53,6 +68,10 @@ def fake_mlc(tmp_path, monkeypatch):
     (package / "__init__.py").write_text(FAKE_MLC)
     (package / "serve" / "__init__.py").write_text("")
     (package / "serve" / "config.py").write_text(FAKE_CONFIG)
+    (package / "protocol").mkdir()
+    (package / "protocol" / "__init__.py").write_text("")
+    for name, text in FAKE_PROTOCOL.items():
+        (package / "protocol" / name).write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [n for n in sys.modules if n.startswith("mlc_llm")]:
         monkeypatch.delitem(sys.modules, name)
@@ -78,6 +97,28 @@ def test_fake_module_mapping_and_streamed_results(fake_mlc):
     assert engine_config.kwargs["max_num_sequence"] == 8
     assert engine_config.kwargs["prefix_cache_mode"] == "disable"
 
+    results = engine.generate([[5, 6, 7], [8, 9, 10]], output_tokens=4)
+    generates = [call for call in fake_mlc.CALLS if call[0] == "generate"]
+    assert [call[1] for call in generates] == [[5, 6, 7], [8, 9, 10]] and generates[0][3] != generates[1][3]
+    config = generates[0][2].kwargs
+    assert config["logprobs"] is True and config["max_tokens"] == 4 and config["temperature"] == 0.0
+    assert config["debug_config"].kwargs == {"ignore_eos": True}
+    for result in results:
+        # the step whose text was empty is a token arrival all the same, counted from its logprob
+        assert result.success and result.output_tokens == 4 and result.counted_by == "server_counts"
+        assert len(result.chunk_times) == 4 and result.chunk_tokens == [1, 1, 1, 1]
+        assert result.text == "w0 w1 w2 x "
+        assert result.chunk_times[0] - result.t_send >= 0.009
+    engine.close()
+    assert fake_mlc.CALLS[-1] == ("terminate",)
+
+
+def test_fake_module_without_the_engine_stream_falls_back_to_the_openai_layer(fake_mlc, monkeypatch):
+    from pipeline.engines.mlc import MLCEngine
+
+    monkeypatch.delattr(fake_mlc.AsyncMLCEngine, "_generate")
+    engine = MLCEngine(mlc_cell(), max_batch_size=2, threads=None)
+    engine.load()
     results = engine.generate([[5, 6, 7], [8, 9, 10]], output_tokens=6)
     creates = [call[1] for call in fake_mlc.CALLS if call[0] == "create"]
     assert len(creates) == 2
@@ -87,10 +128,7 @@ def test_fake_module_mapping_and_streamed_results(fake_mlc):
     for result in results:
         assert result.success and result.output_tokens == 6  # from usage, not from the 3 chunks
         assert len(result.chunk_times) == 3 and result.chunk_tokens == [2.0, 2.0, 2.0]
-        assert result.text == "w0 x w1 x w2 x "
-        assert result.chunk_times[0] - result.t_send >= 0.009
-    engine.close()
-    assert fake_mlc.CALLS[-1] == ("terminate",)
+        assert result.counted_by == "spread" and result.text == "w0 x w1 x w2 x "
 
 
 def test_fake_module_missing_build_is_explained(fake_mlc):

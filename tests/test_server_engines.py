@@ -176,6 +176,8 @@ def test_vllm_server_cells(tmp_path, models_dir):
         assert summary["load_s"] > 0 and summary["peak_mem_kind"] == "server_rss"
         rows = check_rows(path, 4)
         assert (rows.output_tokens_retok > 0).all()
+        # one event per token, each with its token ids: every token is a chunk, empty text or not
+        assert (rows.chunks == rows.output_tokens).all() and (rows.tokens_counted_by == "server_counts").all()
     assert "vllm.entrypoints.openai.api_server" in run.stderr  # the server's log is in the cell's log
     assert running_with(str(models_dir / "tiny-llama")) == []
 
@@ -194,7 +196,9 @@ def test_llama_cpp_server_cells_with_exact_text_prompts(tmp_path, models_dir):
     summaries, requests, run = run_instance(tmp_path, "llama_cpp_server", (1, 2), f"models_dir={models_dir}", *WORKLOAD)
     for summary, path in zip(summaries, requests, strict=True):
         assert summary["status"] == "ok", summary["error"]
-        check_rows(path, 4)  # input_tokens: text prompts re-tokenized by the server to exactly 16
+        rows = check_rows(path, 4)  # input_tokens: text prompts re-tokenized by the server to exactly 16
+        # no usage from this server: max_tokens (it stopped for length), its empty closing event no token
+        assert (rows.chunks == rows.output_tokens).all() and (rows.tokens_counted_by == "one_per_event").all()
     assert "--interrupt_requests false" in run.stderr
     assert running_with(str(gguf)) == []
 

@@ -454,18 +454,71 @@ def _error_text(raw: RawResponse) -> str:
     return f"HTTP {raw.status}: {body[:300] or '(empty body)'}"
 
 
-def parse_response(raw: RawResponse, api: str = COMPLETIONS) -> ParsedResponse:
-    """Text, chunk times and the server's usage from one raw response.
+def _chunk_tokens(choice: dict, api: str) -> int | None:
+    """Tokens this choice carries, where the server says: its token ids (vLLM's
+    return_token_ids), else its logprobs entries (one per token); None where it does not say."""
+    token_ids = choice.get("token_ids")
+    if isinstance(token_ids, list):
+        return len(token_ids)
+    logprobs = choice.get("logprobs")
+    if isinstance(logprobs, dict):
+        entries = logprobs.get("tokens") if api == COMPLETIONS else logprobs.get("content")
+        if isinstance(entries, list):
+            return len(entries)
+    return None
 
-    Only events that carry output text are chunks; the role-only and usage-only events
-    some servers send are not. Without usage the server's count is unknown (None).
+
+def _choice_text(choice: dict, api: str) -> str | None:
+    """The choice's output text; None when the event carries no output field at all."""
+    if api == COMPLETIONS:
+        return choice.get("text")
+    delta = choice.get("delta") or {}
+    if "role" in delta and not delta.get("content"):
+        return None  # the role announcement that opens a chat stream: no token
+    return delta.get("content")
+
+
+def reconcile_arrivals(arrivals: list[tuple[float, int | None, str]], usage_tokens: int | None) -> tuple[list, str]:
+    """(time, tokens) per token arrival, and how the counts were known.
+
+    Counts the server gave (token ids, logprobs) are exact. Otherwise every event that carries
+    a choice is one token (a token that ends inside a UTF-8 character arrives as an event with
+    empty text), checked against the final usage: events beyond it with empty text are
+    bookkeeping (a finish-only event), not tokens; fewer events than tokens means several
+    tokens per event, spread evenly.
+    """
+    if arrivals and all(n is not None for _, n, _ in arrivals):
+        return [(t, n) for t, n, _ in arrivals if n > 0], "server_counts"
+    events = list(arrivals)
+    if usage_tokens is None:
+        return [(t, 1) for t, _, _ in events], "one_per_event"
+    surplus = len(events) - usage_tokens
+    for index in range(len(events) - 1, -1, -1):  # drop empty events from the end first
+        if surplus <= 0:
+            break
+        if not events[index][2]:
+            del events[index]
+            surplus -= 1
+    if len(events) == usage_tokens:
+        return [(t, 1) for t, _, _ in events], "one_per_event"
+    share = usage_tokens / len(events) if events else 0
+    return [(t, share) for t, _, _ in events], "spread"
+
+
+def parse_response(raw: RawResponse, api: str = COMPLETIONS, max_tokens: int | None = None) -> ParsedResponse:
+    """Text, token arrival times and the server's usage from one raw response.
+
+    A token arrives with every event that carries a choice, whatever its text (see
+    reconcile_arrivals); the role-only and usage-only events servers send carry none. Without usage
+    the count is max_tokens when the server says it stopped there (finish_reason "length"),
+    else unknown (None).
     """
     result = RequestResult(t_send=raw.t_send)
     parsed = ParsedResponse(result)
     if raw.status is not None and raw.status != 200:
         result.success, result.error = False, _error_text(raw)
         return parsed
-    texts = []
+    texts, arrivals, streamed_usage = [], [], []
     for arrived, payload in raw.events:
         try:
             event = json.loads(payload)
@@ -478,15 +531,26 @@ def parse_response(raw: RawResponse, api: str = COMPLETIONS) -> ParsedResponse:
             result.success, result.error = False, f"server error mid-stream: {message}"
             return parsed
         for choice in event.get("choices") or ():
-            text = choice.get("text") if api == COMPLETIONS else (choice.get("delta") or {}).get("content")
-            if text:
-                texts.append(text)
-                result.chunk_times.append(arrived)
+            text = _choice_text(choice, api)
+            count = _chunk_tokens(choice, api)
+            if text is not None or count:
+                texts.append(text or "")
+                arrivals.append((arrived, count, text or ""))
             parsed.finish_reason = choice.get("finish_reason") or parsed.finish_reason
         usage = event.get("usage")
         if usage:
             result.output_tokens = usage.get("completion_tokens", result.output_tokens)
             parsed.prompt_tokens = usage.get("prompt_tokens", parsed.prompt_tokens)
+            if event.get("choices"):  # continuous usage: a running count with each token event
+                streamed_usage.append(usage.get("completion_tokens"))
+    if result.output_tokens is None and parsed.finish_reason == "length" and max_tokens:
+        result.output_tokens = max_tokens  # no usage (llama.cpp's server), but it stopped at max_tokens
+    if streamed_usage and len(streamed_usage) == len(arrivals) and None not in streamed_usage:
+        counts = [b - a for a, b in zip([0, *streamed_usage], streamed_usage, strict=False)]
+        arrivals = [(t, n, text) for (t, _, text), n in zip(arrivals, counts, strict=True)]
+    tokens, result.counted_by = reconcile_arrivals(arrivals, result.output_tokens)
+    result.chunk_times = [t for t, _ in tokens]
+    result.chunk_tokens = [n for _, n in tokens]
     result.text = "".join(texts)
     if raw.error:
         result.success, result.error = False, raw.error

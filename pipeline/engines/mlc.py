@@ -4,16 +4,26 @@ Written against MLC-LLM's documented Python API (mlc_llm 0.20): it cannot be ins
 the CPU machines this project is developed on (tests drive it through a stand-in module).
 The sync MLCEngine serves one request at a time and mode="local" caps a batch at 4
 sequences, so the adapter uses AsyncMLCEngine in mode="server" with max_num_sequence set
-to the largest batch. One chunk may carry several tokens: usage (asked for with
-stream_options.include_usage) gives the engine's own token count.
+to the largest batch.
+
+Tokens are counted from MLC's own per-step outputs, not from text: its OpenAI layer
+(completions.create) drops every step whose text is empty (a token that ends inside a UTF-8
+character), so the adapter reads the engine's stream beneath it (AsyncMLCEngine._generate,
+what completions.create is built on) with logprobs on: each step's output then carries one
+logprob entry per token, empty text or not, and the last output carries the usage. Where
+that stream is absent (another MLC version) it falls back to completions.create and spreads
+the usage's count over the chunks it sees, and says so (counted_by "spread").
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import time
 
 from pipeline.engines.base import Engine, RequestResult
+from pipeline.engines.client import reconcile_arrivals
 
 
 class MLCEngine(Engine):
@@ -56,6 +66,7 @@ class MLCEngine(Engine):
             self.model_location(), device=device, model_lib=model_lib, mode="server", engine_config=engine_config
         )
         self.tokenizer = self.engine.tokenizer
+        self._ids = itertools.count()
 
     def vocab_size(self) -> int:
         return self.engine.tokenizer.vocab_size if hasattr(self.engine.tokenizer, "vocab_size") else 32000
@@ -66,30 +77,64 @@ class MLCEngine(Engine):
     async def _one(self, prompt: list[int], output_tokens: int) -> RequestResult:
         result = RequestResult(t_send=time.perf_counter())
         try:
-            stream = await self.engine.completions.create(
-                prompt=prompt,
-                max_tokens=output_tokens,
-                temperature=0.0,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body={"debug_config": {"ignore_eos": True}},  # a top-level ignore_eos is ignored
-            )
-            pieces = []
-            async for chunk in stream:
-                now = time.perf_counter()
-                if chunk.usage is not None:
-                    result.output_tokens = chunk.usage.completion_tokens
-                if chunk.choices and chunk.choices[0].text:
-                    result.chunk_times.append(now)
-                    pieces.append(chunk.choices[0].text)
-            result.text = "".join(pieces)
-            # tokens per chunk are unknown per chunk; spread the engine's count evenly
-            if result.chunk_times and result.output_tokens:
-                per_chunk = result.output_tokens / len(result.chunk_times)
-                result.chunk_tokens = [per_chunk] * len(result.chunk_times)
+            if hasattr(self.engine, "_generate"):
+                await self._engine_steps(result, prompt, output_tokens)
+            else:
+                await self._openai_chunks(result, prompt, output_tokens)
         except Exception as exc:  # one failed request is a row, not a failed cell
             result.success, result.error = False, f"{type(exc).__name__}: {exc}"
         return result
+
+    async def _engine_steps(self, result: RequestResult, prompt: list[int], output_tokens: int) -> None:
+        """Every engine step's output, with one logprob entry per token it produced."""
+        from mlc_llm.protocol.debug_protocol import DebugConfig
+        from mlc_llm.protocol.generation_config import GenerationConfig
+
+        config = GenerationConfig(
+            temperature=0.0,
+            max_tokens=output_tokens,
+            logprobs=True,  # one entry per token: the per-step token count, whatever the text
+            top_logprobs=0,
+            debug_config=DebugConfig(ignore_eos=True),
+        )
+        arrivals, pieces = [], []
+        async for outputs in self.engine._generate(prompt, config, f"bench-{next(self._ids)}"):
+            now = time.perf_counter()
+            output = outputs[0]
+            if output.request_final_usage_json_str is not None:
+                result.output_tokens = json.loads(output.request_final_usage_json_str).get("completion_tokens")
+                continue
+            count = len(output.delta_logprob_json_strs) if output.delta_logprob_json_strs is not None else None
+            if count or output.delta_text:
+                arrivals.append((now, count, output.delta_text))
+                pieces.append(output.delta_text)
+        self._finish(result, arrivals, pieces)
+
+    async def _openai_chunks(self, result: RequestResult, prompt: list[int], output_tokens: int) -> None:
+        stream = await self.engine.completions.create(
+            prompt=prompt,
+            max_tokens=output_tokens,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"debug_config": {"ignore_eos": True}},  # a top-level ignore_eos is ignored
+        )
+        arrivals, pieces = [], []
+        async for chunk in stream:
+            now = time.perf_counter()
+            if chunk.usage is not None:
+                result.output_tokens = chunk.usage.completion_tokens
+            if chunk.choices and chunk.choices[0].text:  # MLC sends no chunk for an empty-text step
+                arrivals.append((now, None, chunk.choices[0].text))
+                pieces.append(chunk.choices[0].text)
+        self._finish(result, arrivals, pieces)
+
+    @staticmethod
+    def _finish(result: RequestResult, arrivals: list, pieces: list[str]) -> None:
+        tokens, result.counted_by = reconcile_arrivals(arrivals, result.output_tokens)
+        result.chunk_times = [t for t, _ in tokens]
+        result.chunk_tokens = [n for _, n in tokens]
+        result.text = "".join(pieces)
 
     def generate(self, prompts: list[list[int]], output_tokens: int) -> list[RequestResult]:
         async def batch():

@@ -229,8 +229,8 @@ class ServerEngine(Engine):
             "stream": stream,
             **extra,
         }
-        if stream:
-            body["stream_options"] = {"include_usage": True}
+        if stream:  # usage always; the engine's body may ask for more (continuous_usage_stats)
+            body["stream_options"] = {"include_usage": True, **(extra.get("stream_options") or {})}
         return body
 
     def expected_prompt_tokens(self, prompt: list[int]) -> int | None:
@@ -266,17 +266,13 @@ class ServerEngine(Engine):
         run = run_load(self.target, requests, load)
         results = []
         for prompt, raw in zip(prompts, run.responses, strict=True):
-            parsed = parse_response(raw, self.settings.api)
+            parsed = parse_response(raw, self.settings.api, output_tokens)
             result = parsed.result
             expected = self.expected_prompt_tokens(prompt)
             result.input_tokens = parsed.prompt_tokens if parsed.prompt_tokens is not None else expected
             if result.success and None not in (parsed.prompt_tokens, expected) and parsed.prompt_tokens != expected:
                 result.success = False
                 result.error = f"the server counted {parsed.prompt_tokens} prompt tokens, {expected} were sent"
-            if result.output_tokens is None and parsed.finish_reason == "length":
-                result.output_tokens = output_tokens  # no usage, but it stopped at max_tokens
-            if result.output_tokens is None:  # no usage: one token per chunk, checked by re-tokenizing
-                result.chunk_tokens = [1] * len(result.chunk_times)
             results.append(result)
         if self.process is not None and any(raw.error for raw in run.responses):
             # a dropped connection may be a dying server, which closes its sockets before the
