@@ -42,6 +42,8 @@ localrules:
 
 rule all:
     input:
+        # a retried cell's summary exists already: its job's attempt record is what makes it run
+        [job.attempt_file for job in SCHEDULE.jobs],
         f"{RESULTS}/cells.csv",
         f"{REPORT}/index.html",
         [f"{RESULTS}/tracking.done"] if SCHEDULE.tracking else [],

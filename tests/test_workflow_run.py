@@ -111,6 +111,14 @@ def test_rerun_keeps_finished_cells_and_retries_failed_ones(first_run, models_di
     cells = pd.read_csv(results / "cells.csv")
     assert (cells.status != "error").all()
 
+    # a profile whose rerun triggers lack `params` still retries (the attempt record is missing)
+    failed = summary(results, "hf/tiny-llama/bf16/bs3")
+    failed.update(status="timeout", error="exceeded its timeout", finished_at="later")
+    (results / "hf/tiny-llama/bf16/bs3/summary.json").write_text(json.dumps(failed))
+    mtime_only = run_snakemake(workdir, *args, "--rerun-triggers", "mtime")
+    assert mtime_only.returncode == 0, mtime_only.stderr
+    assert summary(results, "hf/tiny-llama/bf16/bs3")["status"] == "ok"
+
 
 @pytest.mark.parametrize(
     ("config", "message"),
