@@ -263,10 +263,13 @@ def plot_keys(page: str) -> set[str]:
 
 
 def expected_plots(cells: pd.DataFrame) -> set[str]:
-    """The four plots of every run with measured cells, and the roofline one where cells.csv has its columns."""
+    """The four plots of every run with measured cells, and the roofline two where cells.csv has their columns."""
     keys = {"tpot_vs_batch", "throughput_vs_batch", "ttft_distribution", "latency_vs_throughput"}
-    has_roofline = "achieved_bandwidth_gbs" in cells and cells["achieved_bandwidth_gbs"].notna().any()
-    return keys | {"roofline"} if has_roofline else keys
+    if "flops_per_token" in cells and cells["flops_per_token"].notna().any():
+        keys |= {"roofline"}
+    if "achieved_bandwidth_gbs" in cells and cells["achieved_bandwidth_gbs"].notna().any():
+        keys |= {"bandwidth"}
+    return keys
 
 
 @pytest.fixture(scope="session")
@@ -344,11 +347,27 @@ def test_cli_help_and_a_bad_table(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_the_roofline_plot_appears_only_with_roofline_columns():
+def test_the_roofline_plots_appear_only_with_roofline_columns():
     plain = table(cell("A"), cell("B", tpot_ms=12))
-    assert "roofline" not in [p.key for p in all_plots(plain, pd.DataFrame())]
-    roofline = plain.assign(achieved_bandwidth_gbs=[40.0, 33.0], peak_bandwidth_measured_gbs=[50.0, 50.0])
-    assert "roofline" in [p.key for p in all_plots(roofline, pd.DataFrame())]
+    assert not {"roofline", "bandwidth"} & {p.key for p in all_plots(plain, pd.DataFrame())}
+    bars = plain.assign(achieved_bandwidth_gbs=[40.0, 33.0], peak_bandwidth_measured_gbs=[50.0, 50.0])
+    assert {p.key for p in all_plots(bars, pd.DataFrame())} >= {"bandwidth"}
+    roofline = bars.assign(flops_per_token=[2e8, 2e8], bytes_per_step=[2e8, 2e8], peak_tflops_measured=[1.0, 1.0])
+    assert {p.key for p in all_plots(roofline, pd.DataFrame())} >= {"roofline", "bandwidth"}
+
+
+def test_the_roofline_plot_has_one_point_per_ok_cell_on_log_axes():
+    from pipeline.report.plots import roofline_plot
+
+    cells = table(cell("A", batch=1), cell("A", batch=4, tpot_ms=12), cell("B", tpot_ms=6)).assign(
+        flops_per_token=2e8, bytes_per_step=2e8, peak_bandwidth_measured_gbs=30.0, peak_tflops_measured=1.0
+    )
+    cells.loc[2, "status"] = "error"
+    axis = roofline_plot(cells).axes[0]
+    points = [c for c in axis.collections if c.get_label().endswith("(decode)")]
+    assert sum(len(c.get_offsets()) for c in points) == 2  # the error cell is no point
+    assert axis.get_xscale() == axis.get_yscale() == "log"
+    assert any("measured peak, bf16: 30 GB/s, 1 TFLOP/s" in line.get_label() for line in axis.lines)
 
 
 def test_a_flagged_cell_is_shown_as_flagged_not_as_a_success(tmp_path):

@@ -57,7 +57,7 @@ def test_llama2_7b_floor_and_mbu_from_a_measured_tpot(capsys):
     assert figures["bytes_per_step"] == pytest.approx(13.26e9, rel=1e-3)
     assert figures["tpot_floor_ms"] == pytest.approx(13.26e9 / 2039e9 * 1e3, rel=1e-3)
     assert figures["mbu"] == pytest.approx(figures["tpot_floor_s"] / 0.013, rel=1e-9)
-    assert figures["bound"] == "memory"
+    assert figures["peak_tflops"] == 312 and figures["ridge_batch_size"] > 100  # far from compute bound
 
 
 def test_mbu_is_floor_over_measured_and_flags_impossible_cells():
@@ -190,3 +190,24 @@ def test_cross_check_with_llm_analysis(model):
         cfg("hardware=a100-80g").hardware,
     )
     assert ours["tpot_floor_s"] == pytest.approx(weights_only + s.kv_bytes_per_token(2) * 80 / 2039e9, rel=1e-9)
+
+
+def test_hardware_comparison_for_mistral_7b_bf16_a100_vs_rtx_4090(capsys):
+    # by hand: weights read per step (all but the embedding table), bf16
+    attention = 32 * (4096 * 4096 * 2 + 2 * 4096 * 1024)
+    mlp = 32 * 3 * 4096 * 14336
+    head = 32000 * 4096
+    norms = 65 * 4096
+    kv = 2 * 32 * 8 * 128 * 2 * (64 + 32 / 2)  # K and V at the mean decode context of the default workload
+    step_bytes = (attention + mlp + head) * 2 + norms * 2 + kv
+    flops = 2 * (attention + mlp + head) + 4 * 32 * 32 * 128 * (64 + 32 / 2)
+    main(["model=mistral-7b", "precision=bf16", "--compare", "a100-80g", "rtx-4090"])
+    *lines, why = capsys.readouterr().out.strip().splitlines()
+    a100, rtx = (json.loads(line) for line in lines)
+    assert a100["tpot_floor_batch1_ms"] == pytest.approx(step_bytes / 2039e9 * 1e3, rel=1e-9)
+    assert rtx["tpot_floor_batch1_ms"] == pytest.approx(step_bytes / 1008e9 * 1e3, rel=1e-9)
+    assert a100["ridge_flops_per_byte"] == pytest.approx(312e12 / 2039e9)
+    assert rtx["ridge_flops_per_byte"] == pytest.approx(165.2e12 / 1008e9)
+    assert a100["intensity_batch1_flops_per_byte"] == pytest.approx(flops / step_bytes, rel=1e-9)
+    assert a100["bound_batch1"] == rtx["bound_batch1"] == "bandwidth"
+    assert why.startswith("a100-80g is 2.02x faster for batch-1 decode") and "only memory bandwidth counts" in why

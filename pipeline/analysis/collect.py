@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.analysis.diagnosis import diagnose
 from pipeline.analysis.metrics import summarize
 from pipeline.analysis.roofline import cell_roofline, select_hardware
 from pipeline.config import CellConfig, ConfigError, HardwareConfig
@@ -116,6 +117,8 @@ def collect(
             requests.append(frame)
     cells = pd.DataFrame(rows).reindex(columns=list(CELL_COLUMN_NAMES))  # every column, empty where unmeasured
     cells = cells.sort_values(list(AXES), kind="stable").reset_index(drop=True)
+    diagnosis = diagnose(cells)  # across cells: batch scaling, fits across model sizes
+    cells[diagnosis.columns] = diagnosis
     per_request = pd.concat(requests, ignore_index=True) if requests else pd.DataFrame(columns=["cell_id"])
     return cells, per_request
 

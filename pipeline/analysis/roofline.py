@@ -106,8 +106,9 @@ def cell_roofline(
         "mbu_measured": _ratio(achieved, bandwidth_measured and bandwidth_measured * 1e9),
         "prefill_mfu": _ratio(_ratio(prefill_flops, ttft_s), flops),
         "prefill_mfu_measured": _ratio(_ratio(prefill_flops, ttft_s), flops_measured),
+        "peak_tflops": flops and flops / 1e12,
+        "peak_tflops_measured": flops_measured and flops_measured / 1e12,
         "ridge_batch_size": ridge,
-        "bound": None if ridge is None else ("compute" if batch >= ridge else "memory"),
         "roofline_flag": "",
     }
     if row["mbu_measured"] is not None and row["mbu_measured"] > 1.0:
@@ -132,6 +133,55 @@ def select_hardware(requested: HardwareConfig, detected: dict, catalog: list[Har
                 return entry
         return HardwareConfig(name=f"unlisted: {device}", kind="gpu", source="no datasheet entry; measured only")
     return next((e for e in catalog if e.kind == "cpu"), HardwareConfig(name="cpu", kind="cpu"))
+
+
+def compare_hardware(cfg: CellConfig, entries: list[HardwareConfig]) -> tuple[list[dict], str]:
+    """The notebook's hardware comparison for one model at batch 1: each entry's ridge point
+    (FLOPs per byte where compute and bandwidth meet), the model's arithmetic intensity at
+    batch 1 and the batch size at the ridge, the batch-1 floor; and which is faster for decode
+    at batch 1, and why."""
+    shape = ModelShape.from_architecture(cfg.model.architecture)
+    context = mean_decode_context(cfg.workload.input_tokens, cfg.workload.output_tokens)
+    bytes_batch1 = (
+        weight_bytes(shape, cfg.precision, read_per_step=True)
+        + shape.kv_bytes_per_token(cfg.precision.kv_bytes) * context
+    )
+    intensity = shape.flops_per_token(context) / bytes_batch1  # FLOPs per byte moved, batch 1
+    rows = []
+    for entry in entries:
+        flops = _peak_flops(entry.peak_tflops, cfg.precision)
+        bandwidth = entry.memory_bandwidth_gbs and entry.memory_bandwidth_gbs * 1e9
+        ridge = flops / bandwidth if flops and bandwidth else None
+        rows.append(
+            {
+                "hardware": entry.name,
+                "peak_bandwidth_gbs": entry.memory_bandwidth_gbs,
+                "peak_tflops": flops and flops / 1e12,
+                "ridge_flops_per_byte": ridge,
+                "intensity_batch1_flops_per_byte": intensity,
+                "ridge_batch_size": ridge_batch_size(shape, cfg.precision, context, entry.memory_bandwidth_gbs, flops),
+                "tpot_floor_batch1_ms": bytes_batch1 / bandwidth * 1e3 if bandwidth else None,
+                "bound_batch1": None if ridge is None else ("bandwidth" if intensity < ridge else "compute"),
+            }
+        )
+    ranked = sorted((r for r in rows if r["tpot_floor_batch1_ms"]), key=lambda r: r["tpot_floor_batch1_ms"])
+    if len(ranked) < 2:
+        return rows, "fewer than two entries with a memory bandwidth: nothing to compare"
+    best, other = ranked[0], ranked[1]
+    ratio = other["tpot_floor_batch1_ms"] / best["tpot_floor_batch1_ms"]
+    ridges = ", ".join(f"{r['hardware']} {r['ridge_flops_per_byte']:.0f}" for r in rows if r["ridge_flops_per_byte"])
+    why = (
+        f"{best['hardware']} is {ratio:.2f}x faster for batch-1 decode ({best['tpot_floor_batch1_ms']:.2f} vs "
+        f"{other['tpot_floor_batch1_ms']:.2f} ms per token at best): at batch 1 the model does "
+        f"{intensity:.2f} FLOPs per byte, far below every ridge point "
+        f"({ridges}),"
+        f" so decode is bandwidth bound and only memory bandwidth counts "
+        f"({best['peak_bandwidth_gbs']:g} vs {other['peak_bandwidth_gbs']:g} GB/s); the FLOP/s matter only from "
+        "the ridge batch size on"
+    )
+    if any(r["bound_batch1"] == "compute" for r in rows):
+        why = f"{best['hardware']} has the lower batch-1 floor, but decode is compute bound on some entries at batch 1"
+    return rows, why
 
 
 # -- command line ------------------------------------------------------------------------
@@ -166,11 +216,28 @@ def main(argv: list[str] | None = None) -> int:
         "architecture: weights only, no KV cache (the notebook's back-of-envelope figure)",
     )
     parser.add_argument("--tpot-ms", type=float, help="a measured TPOT: adds MBU")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="ENTRY",
+        help="two or more conf/hardware entries: ridge points, batch-1 intensity and floors, and which is faster",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = compose_cell(args.overrides)
     except ConfigError as exc:
         parser.error(str(exc))
+    if args.compare:
+        tree = ConfTree()
+        try:
+            entries = [tree.hardware(name) for name in args.compare]
+        except ConfigError as exc:
+            parser.error(str(exc))
+        rows, why = compare_hardware(cfg, entries)
+        for row in rows:
+            print(_table(row) if args.table else json.dumps(row, default=str), end="\n\n" if args.table else "\n")
+        print(why)
+        return 0
     hardware = cfg.hardware
     if hardware.kind == "auto":
         parser.error("name a datasheet entry: hardware=" + "|".join(e.name for e in ConfTree().hardware_entries()))

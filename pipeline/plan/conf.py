@@ -224,6 +224,9 @@ class ConfTree:
     def workload(self) -> WorkloadConfig:
         return build_section(WorkloadConfig, "workload", self.section("workload"))
 
+    def hardware(self, option: str) -> HardwareConfig:
+        return build_section(HardwareConfig, "hardware", self.section("hardware", option))
+
     def hardware_entries(self) -> list[HardwareConfig]:
         """Every datasheet entry (conf/hardware/ but `auto`), as the plan's overrides leave it."""
         entries = [

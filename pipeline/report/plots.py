@@ -256,6 +256,74 @@ def roofline_bars(cells: pd.DataFrame) -> Figure | None:
     return figure
 
 
+def _ceiling(axis, xs: np.ndarray, bandwidth_gbs, tflops, style: str, name: str) -> None:
+    """min(bandwidth x intensity, peak FLOP/s): the roof for one set of peaks."""
+    bandwidth = bandwidth_gbs * 1e9 if bandwidth_gbs else None
+    flops = tflops * 1e12 if tflops else None
+    if bandwidth is None:
+        return
+    roof = bandwidth * xs if flops is None else np.minimum(bandwidth * xs, flops)
+    axis.plot(
+        xs,
+        roof,
+        style,
+        color="black",
+        linewidth=1,
+        label=f"{name}: {bandwidth_gbs:.4g} GB/s" + (f", {tflops:.4g} TFLOP/s" if flops else ""),
+    )
+
+
+def roofline_plot(cells: pd.DataFrame) -> Figure | None:
+    """Log-log: FLOPs per byte moved per decode step (grows with the batch) against achieved
+    FLOP/s; the bandwidth slope and compute ceiling of the measured and datasheet peaks."""
+    needed = {"flops_per_token", "bytes_per_step", "tpot_s_p50", "batch_size"}
+    if not needed <= set(cells.columns):
+        return None
+    ok = ok_cells(cells).dropna(subset=list(needed))
+    if ok.empty:
+        return None
+    decode_flops = ok["batch_size"] * ok["flops_per_token"].astype(float)
+    intensity = decode_flops / ok["bytes_per_step"].astype(float)
+    achieved = decode_flops / ok["tpot_s_p50"].astype(float)
+    figure = Figure(figsize=(PANEL_W * 1.5, PANEL_H * 1.4), layout="constrained")
+    axis = figure.subplots()
+    colors = config_colors(ok)
+    configs = (ok["engine"].astype(str) + " " + ok["precision"].astype(str)).tolist()
+    for config in dict.fromkeys(configs):
+        chosen = [c == config for c in configs]
+        axis.scatter(intensity[chosen], achieved[chosen], color=colors[config], label=f"{plain(config)} (decode)")
+    for x, y, cell_id in list(zip(intensity, achieved, ok["cell_id"], strict=True))[:MAX_POINT_LABELS]:
+        axis.annotate(plain(cell_id), (x, y), fontsize=CELL_LABEL_PT - 1, xytext=(3, 3), textcoords="offset points")
+    if {"prefill_mfu_measured", "peak_tflops_measured", "input_tokens"} <= set(ok.columns):
+        prefill = ok.dropna(subset=["prefill_mfu_measured", "peak_tflops_measured", "input_tokens"])
+        if len(prefill):
+            flops = prefill["batch_size"] * prefill["input_tokens"].astype(float) * prefill["flops_per_token"]
+            axis.scatter(
+                flops / prefill["bytes_per_step"].astype(float),
+                prefill["prefill_mfu_measured"] * prefill["peak_tflops_measured"] * 1e12,
+                marker="^",
+                facecolors="none",
+                edgecolors="gray",
+                label="prefill (intensity: weights read once)",
+            )
+    low = max(min(intensity.min(), 1.0) / 4, 1e-3)
+    xs = np.logspace(math.log10(low), math.log10(max(intensity.max(), 1.0) * 1e3), 200)
+    for prefix, style, name in (("_measured", "-", "measured peak"), ("", "--", "datasheet")):
+        for precision, group in ok.groupby("precision"):  # the compute ceiling is the precision's matmul peak
+            bandwidth = group.get(f"peak_bandwidth{prefix}_gbs")
+            tflops = group.get(f"peak_tflops{prefix}")
+            if bandwidth is not None and bandwidth.notna().any():
+                flops_peak = tflops.dropna().median() if tflops is not None and tflops.notna().any() else None
+                _ceiling(axis, xs, float(bandwidth.dropna().median()), flops_peak, style, f"{name}, {precision}")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("arithmetic intensity (FLOPs per byte moved per decode step)")
+    axis.set_ylabel("achieved FLOP/s")
+    axis.grid(which="both", alpha=0.2)
+    axis.legend(fontsize=6, loc="lower right")
+    return figure
+
+
 def all_plots(cells: pd.DataFrame, requests: pd.DataFrame) -> list[Plot]:
     """Every plot the data allows, in report order; a plot without data is left out."""
     specs = [
@@ -286,6 +354,15 @@ def all_plots(cells: pd.DataFrame, requests: pd.DataFrame) -> list[Plot]:
         ),
         (
             "roofline",
+            "Roofline: achieved FLOP/s vs arithmetic intensity",
+            "Each decode cell at its FLOPs per byte moved (batch x FLOPs per token / bytes per step) and its "
+            "achieved FLOP/s (the same FLOPs / TPOT p50); the lines are the roofs of the measured (solid) and "
+            "datasheet (dashed) peaks: the bandwidth slope, then the compute ceiling. A point far below its "
+            "roof is held by overhead or slow kernels (see the bound column).",
+            lambda: roofline_plot(cells),
+        ),
+        (
+            "bandwidth",
             "Achieved memory bandwidth vs peak",
             "Bytes read per decode step / TPOT, per cell, against the measured and datasheet peaks.",
             lambda: roofline_bars(cells),

@@ -71,6 +71,7 @@ ROOFLINE_COLUMNS = [
     Column("MBU (datasheet)", "mbu", percent),
     Column("TPOT floor ms (measured peak)", "tpot_floor_measured_s", milliseconds),
     Column("TPOT floor ms (datasheet)", "tpot_floor_s", milliseconds),
+    Column("overhead ms/step", "overhead_per_step_s", milliseconds),
     Column("bound", "bound", text, numeric=False),
 ]
 

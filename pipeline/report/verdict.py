@@ -182,6 +182,31 @@ def _roofline_note(cells: pd.DataFrame, cell_id: str) -> str:
     return f" Memory bandwidth utilization: {', '.join(parts)}." if parts else ""
 
 
+# The notebook's recipe, per bound (pipeline.analysis.diagnosis labels the cells).
+RECIPE = {
+    "overhead": "compiling away the per-step overhead (operator fusion, torch.compile, CUDA graphs) or an engine "
+    "with less of it would help; fewer bytes would not",
+    "bandwidth": "fewer bytes per step would help (a lower precision, fused kernels that read the weights once); "
+    "more FLOP/s would not",
+    "slow kernels": "kernels that read the weights closer to the peak bandwidth would help (another engine or "
+    "backend); removing fixed overhead would gain little",
+    "compute": "more FLOP/s would help (a faster chip, lower-precision math); a larger batch would add little "
+    "throughput",
+}
+
+
+def bound_note(cells: pd.DataFrame, cell_id: str) -> str:
+    """What bounds this cell and what would help, where the diagnosis says."""
+    if "bound" not in cells:
+        return ""
+    row = cells[cells["cell_id"] == cell_id].iloc[0]
+    bound, evidence = row.get("bound"), row.get("bound_evidence")
+    if not isinstance(bound, str) or bound not in RECIPE:
+        return ""
+    recipe = RECIPE["slow kernels" if "slow kernels" in str(evidence) else bound]
+    return f" It is {bound} bound ({evidence}): {recipe}."
+
+
 def latency_sentence(ranking: Ranking | None, cells: pd.DataFrame) -> str:
     if ranking is None:
         return "No batch-1 cell succeeded, so single-stream latency (TPOT at batch 1) was not measured."
@@ -197,7 +222,7 @@ def latency_sentence(ranking: Ranking | None, cells: pd.DataFrame) -> str:
     else:
         text = "Fastest single stream (TPOT p50 at batch 1) " + _tie_clause(ranking, _ms, lambda c: c.config)
     # The roofline figures describe the winner: with a tie there is none.
-    roofline = _roofline_note(cells, best.cell_id) if ranking.decisive else ""
+    roofline = _roofline_note(cells, best.cell_id) + bound_note(cells, best.cell_id) if ranking.decisive else ""
     return text + _unknown_noise_note(ranking) + roofline
 
 

@@ -178,9 +178,12 @@ CELL_COLUMNS: tuple[Column, ...] = (
     *_metrics("kv_bytes_per_token", "mean_context", "bytes_per_step", "flops_per_token"),
     *_metrics("peak_bandwidth_gbs", "peak_bandwidth_measured_gbs", "tpot_floor_s", "tpot_floor_measured_s"),
     *_metrics("achieved_bandwidth_gbs", "mbu", "mbu_measured", "prefill_mfu", "prefill_mfu_measured"),
-    *_metrics("ridge_batch_size"),
-    Column("bound", INFO),
+    *_metrics("peak_tflops", "peak_tflops_measured", "ridge_batch_size"),
     Column("roofline_flag", INFO),
+    # what bounds the cell (pipeline.analysis.diagnosis)
+    Column("bound", INFO),
+    Column("bound_evidence", INFO),
+    *_metrics("overhead_per_step_s", "decode_mfu", "batch_scaling", "fixed_step_s", "effective_bandwidth_gbs"),
     Column("roofline_missing", INFO),  # why the roofline columns are empty, when they are
     # the job
     Column("engine_version", PARAM),
