@@ -112,6 +112,10 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         """Re-tokenize output text with the model's tokenizer (output_tokens_retok)."""
 
+    def prepare(self, batch_size: int, input_tokens: int, output_tokens: int) -> float | None:
+        """Work a cell's shape needs once before its warm-up (a compile); its seconds, or None."""
+        return None
+
     def weight_bytes(self) -> dict | None:
         """Exact {"total", "read_per_step"} bytes of the loaded weights when the engine's file
         says (quantized formats keep some tensors wider); None: count from the architecture."""

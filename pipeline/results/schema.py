@@ -73,6 +73,7 @@ class CellResult:
     engine_precision: str | None = None  # what the engine was asked for (bfloat16, Q4_0, q4f16_1, ...)
     # timings of the job itself (per-request timings are in requests.csv)
     load_s: float | None = None
+    compile_s: float | None = None  # the engine's one-off work for this cell's shape (a compile), before warm-up
     warmup_s: float | None = None
     measure_s: float | None = None
     cell_wall_s: float | None = None
@@ -188,7 +189,7 @@ CELL_COLUMNS: tuple[Column, ...] = (
     # the job
     Column("engine_version", PARAM),
     Column("engine_precision", PARAM),
-    *_metrics("load_s", "warmup_s", "measure_s", "cell_wall_s", "overhead_s", "engine_start", "peak_mem_bytes"),
+    *_metrics("load_s", "compile_s", "warmup_s", "measure_s", "cell_wall_s", "overhead_s", "engine_start", "peak_mem_bytes"),
     Column("peak_mem_kind", INFO),
     Column("hardware", PARAM),
     Column("cpu", INFO),

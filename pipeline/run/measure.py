@@ -72,6 +72,9 @@ def measure_cell(engine: Engine, cell: CellConfig, progress=print) -> CellDone:
         return make_prompts(bs, workload.input_tokens, vocab, workload.seed, f"bs{bs}/{stream}")
 
     engine.reset_peak_memory()
+    prepare_s = engine.prepare(bs, workload.input_tokens, workload.output_tokens)  # e.g. a compile, off the clock
+    if prepare_s is not None:
+        progress(f"prepared batch size {bs} in {prepare_s:.1f}s")
     started = time.perf_counter()
     for wave in range(warmup_waves(workload, bs)):
         engine.generate(batch(f"warmup/{wave}"), workload.output_tokens)
@@ -90,7 +93,7 @@ def measure_cell(engine: Engine, cell: CellConfig, progress=print) -> CellDone:
         progress(f"repeat {repeat + 1}/{workload.repeats}: {n_waves} wave(s) of {bs}")
     measure_s = time.perf_counter() - measure_start
 
-    return _result(engine, records, warmup_s, measure_s, measure_start)
+    return _result(engine, records, warmup_s, measure_s, measure_start, prepare_s=prepare_s)
 
 
 def measure_streams(engine, cell: CellConfig, progress=print) -> CellDone:
@@ -141,7 +144,13 @@ def measure_streams(engine, cell: CellConfig, progress=print) -> CellDone:
 
 
 def _result(
-    engine: Engine, records: list[dict], warmup_s: float, measure_s: float, measure_start: float, client=None
+    engine: Engine,
+    records: list[dict],
+    warmup_s: float,
+    measure_s: float,
+    measure_start: float,
+    client=None,
+    prepare_s: float | None = None,
 ) -> CellDone:
     # Times relative to the start of measurement: readable, and comparable across cells.
     for record in records:
@@ -149,4 +158,4 @@ def _result(
             if record[key] is not None:
                 record[key] -= measure_start
     peak_bytes, peak_kind = engine.peak_memory()
-    return CellDone(records, warmup_s, measure_s, peak_bytes, peak_kind, client)
+    return CellDone(records, warmup_s, measure_s, peak_bytes, peak_kind, client, prepare_s)

@@ -45,6 +45,7 @@ class CellDone:
     peak_mem_bytes: int | None
     peak_mem_kind: str
     client: dict | None = None  # server engines: could the client keep up?
+    prepare_s: float | None = None  # what the engine did once for this shape before warm-up (a compile)
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,9 @@ class InstanceRunner:
             self._write(cell, result)
             return
         cell_wall_s = time.perf_counter() - cell_started
-        overhead_s = cell_wall_s - message.warmup_s - message.measure_s + self.startup_overhead_s / len(self.cells)
+        prepared = message.prepare_s or 0.0
+        overhead_s = cell_wall_s - prepared - message.warmup_s - message.measure_s
+        overhead_s += self.startup_overhead_s / len(self.cells)
         failed = sum(not r["success"] for r in message.records)
         status = OK if failed == 0 else ERROR
         error = "" if status == OK else f"{failed} of {len(message.records)} requests failed"
@@ -252,6 +254,7 @@ class InstanceRunner:
             cfg,
             status,
             error,
+            compile_s=message.prepare_s,
             warmup_s=message.warmup_s,
             measure_s=message.measure_s,
             cell_wall_s=cell_wall_s,
