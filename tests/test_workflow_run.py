@@ -123,7 +123,7 @@ def test_rerun_keeps_finished_cells_and_retries_failed_ones(first_run, models_di
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (["matrix=nope"], "unknown matrix 'nope'; valid matrix names: default"),
+        (["matrix=nope"], "unknown matrix 'nope'; valid matrix names: compiled-cpu, default"),
         (
             ["matrix=smoke", "overrides=workload.output_token=3"],
             "unknown setting 'workload.output_token': workload has no 'output_token'",
