@@ -34,3 +34,50 @@ def test_compiled_decode_is_timed_per_step_with_the_compile_off_the_clock(models
     with torch.inference_mode():
         expected = hf.generate(torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert result.text.startswith(engine.tokenizer.decode(expected[0, len(prompt) :].tolist()[:4]))
+
+
+def test_a_shape_that_cannot_compile_raises_cannot_run(models_dir, monkeypatch):
+    from pipeline.engines.base import CannotRun
+
+    cell = compose_cell([f"models_dir={models_dir}", "engine=hf_compiled", "precision=fp32"])
+    engine = HFCompiledEngine(cell, max_batch_size=4, threads=1)
+    engine.load()
+
+    def broken(*args):
+        raise RuntimeError("C++ compile failed: no such instruction")
+
+    monkeypatch.setattr(engine, "_step", broken)
+    with pytest.raises(
+        CannotRun, match="cannot compile the decode step at batch size 4: RuntimeError: C\\+\\+ compile"
+    ):
+        engine.prepare(4, 8, 4)
+
+
+def test_a_stand_in_engine_that_cannot_run_a_batch_size_leaves_it_unsupported_and_serves_the_rest(tmp_path, models_dir):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import CONF
+
+    conf = shutil.copytree(CONF, tmp_path / "conf")
+    text = (conf / "engine/hf.yaml").read_text()
+    (conf / "engine/stand_in.yaml").write_text(
+        text.replace("pipeline.engines.hf:HFEngine", "tests.stand_in_cannot_compile:StandInCannotCompile")
+    )
+    summaries = [tmp_path / f"results/stand_in/tiny-llama/fp32/bs{bs}/summary.json" for bs in (1, 2)]
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.run.supervisor", "--engine", "stand_in", "--model", "tiny-llama"]
+        + ["--precision", "fp32", "--batch-sizes", "1,2", "--summaries", *map(str, summaries), "--threads", "1"]
+        + ["--", f"models_dir={models_dir}", "workload.output_tokens=4", "workload.repeats=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LLM_BENCH_CONF": str(conf)},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    first, second = (json.loads(p.read_text()) for p in summaries)
+    assert first["status"] == "ok" and first["compile_s"] == 0.5
+    assert second["status"] == "unsupported" and second["error"] == "stand-in: cannot compile for batch size 2"

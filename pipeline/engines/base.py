@@ -15,6 +15,11 @@ class EngineUnavailable(RuntimeError):
     """The engine's library cannot be imported in this environment."""
 
 
+class CannotRun(RuntimeError):
+    """The engine cannot run this cell's shape (it cannot compile for that batch size, say):
+    the cell is `unsupported`, with this message as the reason; the engine serves the others."""
+
+
 @dataclass
 class RequestResult:
     """One request as the measuring process saw it; all times from time.perf_counter()."""
@@ -113,7 +118,8 @@ class Engine(ABC):
         """Re-tokenize output text with the model's tokenizer (output_tokens_retok)."""
 
     def prepare(self, batch_size: int, input_tokens: int, output_tokens: int) -> float | None:
-        """Work a cell's shape needs once before its warm-up (a compile); its seconds, or None."""
+        """Work a cell's shape needs once before its warm-up (a compile); its seconds, or None.
+        Raises CannotRun when the engine cannot run that shape at all."""
         return None
 
     def weight_bytes(self) -> dict | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.engines.base import RequestResult
+from pipeline.engines.base import CannotRun, RequestResult
 from pipeline.engines.hf import HFEngine
 
 
@@ -48,7 +48,13 @@ class HFCompiledEngine(HFEngine):
     def prepare(self, batch_size: int, input_tokens: int, output_tokens: int) -> float:
         """Compile the decode step for this batch size (a short generation); its seconds."""
         started = time.perf_counter()
-        self.generate([[4] * input_tokens] * batch_size, output_tokens, compiling=True)
+        try:
+            self.generate([[4] * input_tokens] * batch_size, output_tokens, compiling=True)
+        except Exception as exc:  # the compiler's own failure: this shape cannot be run compiled
+            raise CannotRun(
+                f"torch.compile ({self.args['compile_mode']}) cannot compile the decode step at batch size "
+                f"{batch_size}: {type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
         return time.perf_counter() - started
 
     def generate(self, prompts: list[list[int]], output_tokens: int, compiling: bool = False) -> list[RequestResult]:

@@ -15,7 +15,7 @@ import traceback
 
 from pipeline.config import CellConfig
 from pipeline.run.lifetime import die_with_parent
-from pipeline.run.protocol import CellFailed, LoadFailed, Ready, RunCell
+from pipeline.run.protocol import CellFailed, CellUnsupported, LoadFailed, Ready, RunCell
 from pipeline.run.provenance import describe_hardware, engine_environment
 
 
@@ -24,7 +24,7 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
     # spawned (vLLM, servers) with one signal.
     os.setpgrp()
     die_with_parent(signal.SIGKILL)  # a supervisor killed outright takes its engine (and server) along
-    from pipeline.engines.base import adapter_class
+    from pipeline.engines.base import CannotRun, adapter_class
     from pipeline.run.measure import measure_cell
 
     def progress(message: str) -> None:
@@ -63,6 +63,8 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
         cell = CellConfig.from_dict(message.config)
         try:
             conn.send(measure_cell(engine, cell, progress))
+        except CannotRun as exc:
+            conn.send(CellUnsupported(str(exc)))
         except Exception as exc:  # an OOM at one batch size must not end the others
             alive = engine.alive()  # False: its server died; the supervisor starts a fresh engine
             conn.send(CellFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc(), alive))

@@ -2,7 +2,7 @@
 (pipeline.run.engine_process), sent over a multiprocessing pipe.
 
 supervisor -> engine: RunCell, then Stop.
-engine -> supervisor: Ready or LoadFailed once; then CellDone or CellFailed per RunCell.
+engine -> supervisor: Ready or LoadFailed once; then CellDone, CellUnsupported or CellFailed per RunCell.
 """
 
 from __future__ import annotations
@@ -49,12 +49,27 @@ class CellDone:
 
 
 @dataclass(frozen=True)
+class CellUnsupported:
+    reason: str  # the engine cannot run this cell's shape; it serves the others
+
+
+@dataclass(frozen=True)
 class CellFailed:
     error: str
     traceback: str
     engine_alive: bool  # False: the engine cannot serve another cell (its server died)
 
 
-EngineMessage = Ready | LoadFailed | CellDone | CellFailed
+EngineMessage = Ready | LoadFailed | CellDone | CellUnsupported | CellFailed
 SupervisorMessage = RunCell | Stop
-__all__ = ["CellDone", "CellFailed", "EngineMessage", "LoadFailed", "Ready", "RunCell", "Stop", "SupervisorMessage"]
+__all__ = [
+    "CellDone",
+    "CellFailed",
+    "CellUnsupported",
+    "EngineMessage",
+    "LoadFailed",
+    "Ready",
+    "RunCell",
+    "Stop",
+    "SupervisorMessage",
+]

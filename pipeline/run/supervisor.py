@@ -39,7 +39,7 @@ from pipeline.results.store import write_cell, write_json
 from pipeline.run.engine_process import serve
 from pipeline.run.gpu_slots import NoGpuSlots, acquire, scheduler_devices
 from pipeline.run.lifetime import die_with_parent
-from pipeline.run.protocol import CellFailed, LoadFailed, Ready, RunCell, Stop
+from pipeline.run.protocol import CellFailed, CellUnsupported, LoadFailed, Ready, RunCell, Stop
 from pipeline.run.provenance import describe_hardware, git_sha
 
 
@@ -232,6 +232,9 @@ class InstanceRunner:
                 cell, cfg, failure.status, str(failure), traceback=failure.traceback, engine_start=self.engine_starts
             )
             self._write(cell, result)
+            return
+        if isinstance(message, CellUnsupported):
+            self._write(cell, self._result(cell, cfg, UNSUPPORTED, message.reason, engine_start=self.engine_starts))
             return
         if isinstance(message, CellFailed):
             _log(message.traceback)
