@@ -72,6 +72,8 @@ class Engine(ABC):
     def require(self):
         """Import the engine's library (engine.import_name), or say which environment provides it."""
         engine = self.cfg.engine
+        if not engine.import_name:
+            raise EngineUnavailable(f"engine {engine.name}: its conf names no import_name for its adapter to load")
         try:
             return importlib.import_module(engine.import_name)
         except ImportError as exc:
