@@ -37,13 +37,15 @@ def read_records(requests_csv: Path) -> list[dict]:
     return records
 
 
-def roofline_columns(result: CellResult, metrics: dict, requested: HardwareConfig, tree: ConfTree) -> dict:
+def roofline_columns(
+    result: CellResult, metrics: dict, requested: HardwareConfig, entries: list[HardwareConfig]
+) -> dict:
     """The roofline of one cell, or empty columns with the reason it cannot be computed."""
     if result.config is None:
         return {"roofline_missing": "the cell has no valid configuration"}
     try:
         cfg = CellConfig.from_dict(result.config)
-        entry = select_hardware(requested, result.hardware, tree.hardware_entries())
+        entry = select_hardware(requested, result.hardware, entries)
         return cell_roofline(
             cfg,
             entry,
@@ -58,11 +60,11 @@ def roofline_columns(result: CellResult, metrics: dict, requested: HardwareConfi
         return {"roofline_missing": f"no model architecture to count bytes from ({why}): give model.architecture"}
 
 
-def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig, tree: ConfTree) -> dict:
+def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig, entries: list[HardwareConfig]) -> dict:
     row = {"cell_id": result.cell_id, **result.cell.axes(), "status": result.status, "error": result.error}
     metrics = summarize(records) if records else {}
     row.update(metrics)
-    row.update(roofline_columns(result, metrics, requested, tree))
+    row.update(roofline_columns(result, metrics, requested, entries))
     workload = (result.config or {}).get("workload") or {}
     client = result.client or {}  # server engines: could the client keep up?
     row.update(
@@ -103,14 +105,14 @@ def collect(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """hardware: the conf/hardware/ entry to judge the cells against (auto: detect per cell)."""
     tree = ConfTree(conf_dir, [f"hardware={hardware}"])
-    requested = tree.requested_hardware()
+    requested, entries = tree.requested_hardware(), tree.hardware_entries()  # the datasheets, read once
     rows, requests = [], []
     for path in summary_paths:
         result = read_result(path)
         if result is None:
             raise FileNotFoundError(f"{path}: missing, unreadable or of another schema version")
         records = read_records(Path(path).with_name("requests.csv"))
-        rows.append(cell_row(result, records, requested, tree))
+        rows.append(cell_row(result, records, requested, entries))
         if records:
             frame = pd.DataFrame.from_records(records)
             for position, key in enumerate(("cell_id", *AXES)):

@@ -28,6 +28,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from pipeline.analysis.metrics import as_number
+
 COMPUTE_MFU = 0.5
 COMPUTE_SCALING = 0.7
 BANDWIDTH_MBU = 0.5
@@ -38,11 +40,8 @@ FIT_COLUMNS = ("fixed_step_s", "effective_bandwidth_gbs")
 
 
 def _number(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    number = as_number(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _first(row, *keys) -> float | None:

@@ -11,6 +11,7 @@ output_tok_s     all output tokens / measured window
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterable
 
@@ -74,3 +75,12 @@ def summarize(records: list[dict]) -> dict[str, float | int | None]:
     words = sum(r["words"] for r in ok)
     figures["ms_per_10_words"] = 10_000 * sum(r["e2e_s"] for r in ok) / words if words else None
     return figures
+
+
+def as_number(value) -> float | None:
+    """A float, or None for anything missing (None, NaN, empty, text): a cells.csv value read back."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from pipeline.analysis.metrics import as_number
+
 LATENCY, THROUGHPUT = "tpot_s_p50", "output_tok_s"
 ROOFLINE_FLAG = "roofline_flag"
 FLAGS_NAMED = 5  # the verdict names this many flagged cells; the table lists them all
@@ -75,15 +77,6 @@ class Verdict:
     @property
     def sentences(self) -> list[str]:
         return self.overall + [s for m in self.models for s in m.sentences]
-
-
-def as_number(value) -> float | None:
-    """A float, or None for anything missing (None, NaN, empty, text)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def flag_text(value) -> str:

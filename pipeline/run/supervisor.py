@@ -161,13 +161,14 @@ class InstanceRunner:
         architecture = None
         if cfg is not None and not cfg.model.architecture:  # the roofline needs a shape: the model's own
             architecture, _ = model_architecture(cfg.model, cfg.models_dir)
+        config = cfg.to_dict() if cfg else None
         return CellResult(
             cell_id=cell.cell_id,
             **cell.axes(),
             status=status,
             error=error,
-            config=cfg.to_dict() if cfg else None,
-            digest=measurement_digest(cfg.to_dict()) if cfg else "",
+            config=config,
+            digest=measurement_digest(config) if config else "",
             overrides=list(self.overrides),
             engine_precision=cfg.engine_precision if cfg else None,
             architecture=architecture,
