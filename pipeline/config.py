@@ -178,13 +178,63 @@ class PrecisionConfig:
 
 
 @dataclass(frozen=True)
+class RepeatPolicy:
+    """How many times the measured requests run: `repeats: N` is exactly N; a mapping is adaptive.
+
+    Adaptive: at least `min` repeats, then more until the 95% interval of every headline
+    figure (TPOT p50, TTFT p50, output tok/s) is within `target` of its value (relative
+    half-width), at most `max` repeats and no new repeat once `budget_s` of measuring has passed.
+    """
+
+    min: int = 3
+    max: int = 3
+    target: float | None = None  # relative half-width of the 95% interval; None: run exactly min repeats
+    budget_s: float | None = None  # measuring time per cell after which no repeat is started
+
+    def __post_init__(self):
+        _require(self.min >= 1, f"workload.repeats.min must be >= 1, got {self.min}")
+        _require(self.max >= self.min, f"workload.repeats.max ({self.max}) must be >= min ({self.min})")
+        _require(
+            self.target is None or 0 < self.target < 1,
+            f"workload.repeats.target is a relative half-width in (0, 1), e.g. 0.05; got {self.target}",
+        )
+        _require(
+            self.budget_s is None or self.budget_s > 0, f"workload.repeats.budget_s must be > 0, got {self.budget_s}"
+        )
+
+    @property
+    def adaptive(self) -> bool:
+        return self.target is not None and self.max > self.min
+
+    @classmethod
+    def parse(cls, value) -> RepeatPolicy:
+        if isinstance(value, bool) or not isinstance(value, int | dict):
+            raise ConfigError(
+                f"workload.repeats must be a number or a mapping {{min, max, target, budget_s}}, got {value!r}"
+            )
+        if isinstance(value, int):
+            _require(value >= 1, f"workload.repeats must be >= 1, got {value}")
+            return cls(min=value, max=value)
+        values = dict(value)
+        values.setdefault("max", max(values.get("min", cls.min), cls.max))
+        return build_section(cls, "workload.repeats", values)
+
+
+@dataclass(frozen=True)
 class WorkloadConfig:
     name: str = "default"
     input_tokens: int = 64
     output_tokens: int = 32
     num_requests: int = 8
     warmup_requests: int = 2
-    repeats: int = 3
+    repeats: int | dict = 3  # a number, or an adaptive policy (RepeatPolicy)
+    # warm-up rounds continue until two in a row agree on step time within this share (or the cap);
+    # the same share decides whether a first repeat is an outlier (pipeline.stats)
+    steady_tolerance: float = 0.10
+    warmup_max_rounds: int = 6
+    # the engine instance is started this many times, each start measuring every batch size
+    # (its repeats are one level of the intervals): a fresh process can differ more than repeats
+    instance_starts: int = 1
     seed: int = 0
     timeout_s: float = 600.0
     # server engines only: Poisson arrivals at this many requests/s (open loop) instead of
@@ -203,8 +253,17 @@ class WorkloadConfig:
         _require(self.output_tokens >= 2, f"workload.output_tokens must be >= 2, got {self.output_tokens}")
         _require(self.num_requests >= 1, f"workload.num_requests must be >= 1, got {self.num_requests}")
         _require(self.warmup_requests >= 0, f"workload.warmup_requests must be >= 0, got {self.warmup_requests}")
-        _require(self.repeats >= 1, f"workload.repeats must be >= 1, got {self.repeats}")
+        self.repeat_policy  # noqa: B018 (validates)
+        _require(
+            0 < self.steady_tolerance < 1, f"workload.steady_tolerance must be in (0, 1), got {self.steady_tolerance}"
+        )
+        _require(self.warmup_max_rounds >= 1, f"workload.warmup_max_rounds must be >= 1, got {self.warmup_max_rounds}")
+        _require(self.instance_starts >= 1, f"workload.instance_starts must be >= 1, got {self.instance_starts}")
         _require(self.timeout_s > 0, f"workload.timeout_s must be > 0, got {self.timeout_s}")
+
+    @property
+    def repeat_policy(self) -> RepeatPolicy:
+        return RepeatPolicy.parse(self.repeats)
 
 
 @dataclass(frozen=True)

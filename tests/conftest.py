@@ -9,6 +9,8 @@ import pytest
 
 # Measured peaks are cached per machine; tests (and the engines they start) get their own cache.
 os.environ["LLM_BENCH_CACHE"] = tempfile.mkdtemp(prefix="llm-bench-cache-")
+# CPU jobs pin themselves to core slots shared by the machine; the tests' jobs share only their own.
+os.environ["LLM_BENCH_CPU_LOCK_DIR"] = tempfile.mkdtemp(prefix="llm-bench-cpu-slots-")
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

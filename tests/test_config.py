@@ -27,7 +27,7 @@ def test_overrides_reach_the_dataclasses():
         (
             ["workload.output_token=3"],
             "unknown setting 'workload.output_token': workload has no 'output_token'; "
-            "valid there: client_processes, input_tokens, name, num_requests, output_tokens",
+            "valid there: client_processes, input_tokens, instance_starts, name, num_requests, output_tokens",
         ),
         (["engin.device=cpu"], "the top level has no 'engin'"),
         (["workload.output_tokens=1"], "workload.output_tokens must be >= 2"),
@@ -85,6 +85,16 @@ def test_quoted_override_round_trips_through_hydra():
     assert cfg.engine.device == "cuda:1"
 
 
+def test_a_mapping_override_merges_into_the_composed_mapping():
+    # a matrix's `overrides: {workload.repeats: {max: 4, target: 0.1}}` keeps the default's min and budget
+    cfg = compose_cell([to_override("workload.repeats", {"max": 4, "target": 0.1})])
+    policy = cfg.workload.repeat_policy
+    assert (policy.min, policy.max, policy.target, policy.budget_s) == (3, 4, 0.1, 20)
+    assert compose_cell([to_override("workload.repeats", 5)]).workload.repeat_policy.adaptive is False
+    with pytest.raises(ConfigError, match="only plain values and mappings"):
+        to_override("workload.repeats", [1, 2])
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -93,6 +103,10 @@ def test_quoted_override_round_trips_through_hydra():
         (["engine=vllm_server", "engine.server.api=stream"], "engine.server.api must be one of"),
         (["engine=hf", "engine.mode=server"], "mode server needs an engine.server section"),
         (["workload.request_rate=0"], "workload.request_rate must be > 0 or null"),
+        (["workload.repeats={min:4,max:2}"], r"workload.repeats.max \(2\) must be >= min \(4\)"),
+        (["workload.repeats={budget_s:-1}"], "workload.repeats.budget_s must be > 0"),
+        (["workload.instance_starts=0"], "workload.instance_starts must be >= 1"),
+        (["workload.steady_tolerance=2"], "workload.steady_tolerance must be in"),
     ],
 )
 def test_bad_server_settings_say_what_is_wrong(overrides, message):

@@ -54,6 +54,12 @@ def test_measure_cell_records_each_measured_request(engine, models_dir):
         assert record["tpot_s"] == pytest.approx((record["e2e_s"] - record["ttft_s"]) / 4)
     assert result.measure_s > 0 and result.peak_mem_bytes > 50e6
     assert result.peak_mem_kind == "rss"
+    # how it settled, and the host beside it
+    warmup, repeats = result.steady["warmup"], result.steady["repeats"]
+    assert 2 <= warmup["rounds"] <= 6 and len(warmup["step_s"]) == warmup["rounds"]
+    assert repeats == {"run": 2, "kept": 2, "discarded": [], "stop": "fixed", "converged": None, "half_widths": {}}
+    assert [p["threads"] for p in result.probes] == [1, 1] and all(p["bandwidth_gbs"] > 1 for p in result.probes)
+    assert 0 <= result.host["steal_share"] < 1 and 0 <= result.host["other_busy_share"] < 1
 
 
 def test_precision_maps_to_the_torch_dtype(models_dir):

@@ -60,8 +60,14 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
 
 
 def test_every_module_lives_in_a_stage_folder():
-    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "config.py"))
-    assert loose == [], "config.py is the shared vocabulary; every other module belongs to a stage"
+    shared = ("__init__.py", "config.py", "stats.py")
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in shared)
+    assert loose == [], (
+        "config.py (settings) and stats.py (the rules that both measurement and analysis apply) are the "
+        "shared vocabulary; every other module belongs to a stage"
+    )
+    # the shared rules depend on nothing of the pipeline, so any stage may use them
+    assert not {n for n in imported_modules(PACKAGE / "stats.py") if n.startswith("pipeline")}
     assert set(FORBIDDEN) | {"plan", "tracking", "rules"} == {
         p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"
     }

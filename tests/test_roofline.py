@@ -73,6 +73,31 @@ def test_mbu_is_floor_over_measured_and_flags_impossible_cells():
     assert "exceeds 1.0 against the measured peak" in faster_than_physics["roofline_flag"]
 
 
+def test_the_bandwidth_probed_beside_the_cell_is_its_peak_and_bounds_its_mbu():
+    cell = cfg("model=tiny-llama", "precision=fp32")
+    entry = HardwareConfig(name="test", kind="cpu")
+    cached = {"bandwidth_gbs": 30}  # measured at engine load, perhaps long before
+    probes = [{"bandwidth_gbs": 40}, {"bandwidth_gbs": 36}]  # just before and after the cell
+    floor = cell_roofline(cell, entry, cached, cell_probes=probes)["tpot_floor_measured_s"]
+    # TPOT 1.05x the floor at 40 GB/s: above 1.0 against the stale 30 GB/s, not against its own moment
+    tpot = 1.05 * floor
+    row = cell_roofline(cell, entry, cached, tpot_s=tpot, cell_probes=probes, tpot_interval=(tpot * 0.9, tpot * 1.1))
+    assert row["peak_bandwidth_measured_gbs"] == 40 and row["peak_bandwidth_measured_low_gbs"] == 36
+    assert row["peak_bandwidth_probe"] == "cell"
+    assert row["mbu_measured"] == pytest.approx(1 / 1.05)
+    assert row["mbu_measured_low"] == pytest.approx(1 / 1.05 / 1.1)
+    assert row["mbu_measured_high"] == pytest.approx(1 / 1.05 / 0.9 * 40 / 36)
+    assert row["roofline_flag"] == ""
+    stale = cell_roofline(cell, entry, cached, tpot_s=tpot)
+    assert stale["peak_bandwidth_probe"] == "load" and stale["mbu_measured"] == pytest.approx(40 / 30 / 1.05)
+    assert "exceeds 1.0" in stale["roofline_flag"]
+    # Flagged only when even the slowest TPOT of the interval beats the better probe.
+    fast = cell_roofline(cell, entry, cached, tpot_s=floor / 1.5, cell_probes=probes, tpot_interval=(0, floor / 1.2))
+    assert fast["mbu_measured_low"] == pytest.approx(1.2) and "at least 1.20" in fast["roofline_flag"]
+    noisy = cell_roofline(cell, entry, cached, tpot_s=floor / 1.1, cell_probes=probes, tpot_interval=(0, floor * 1.2))
+    assert noisy["mbu_measured"] > 1 and noisy["roofline_flag"] == ""
+
+
 def test_unmeasured_figures_stay_empty():
     row = cell_roofline(cfg(), select_hardware(cfg().hardware, {"cpu": "x"}, ConfTree(CONF).hardware_entries()))
     assert row["hardware_entry"] == "cpu"

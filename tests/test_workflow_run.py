@@ -18,7 +18,7 @@ overrides:
   workload.input_tokens: 12
   workload.output_tokens: 6
   workload.num_requests: 4
-  workload.repeats: 2
+  workload.repeats: {min: 2, max: 3, target: 0.01}   # adaptive; 1% is rarely reached here
   workload.warmup_requests: 1
 """
 
@@ -57,6 +57,15 @@ def test_every_cell_becomes_a_row(first_run):
     assert (ok.peak_bandwidth_measured_gbs > 0).all() and (ok.bytes_per_step > 0).all()
     assert ((ok.mbu_measured > 0) & (ok.mbu_measured <= 1)).all() and (ok.roofline_flag.isna()).all()
     assert (cells.hardware_entry == "cpu").all()
+    # adaptive repeats: how many ran and why they stopped, per cell; intervals around the figures
+    assert ok.repeats_kept.isin([2, 3]).all() and (ok.repeats_run == ok.repeats_kept + ok.repeats_discarded).all()
+    assert set(ok.repeats_stop) <= {"converged", "max"}
+    assert ((ok.repeats_stop == "max") == (ok.repeats_kept == 3)).all()
+    for name in ("tpot_s_p50", "ttft_s_p50", "output_tok_s"):
+        assert ((ok[f"{name}_low"] <= ok[name]) & (ok[name] <= ok[f"{name}_high"])).all()
+    assert (ok.warmup_rounds >= 2).all() and (ok.peak_bandwidth_probe == "cell").all()
+    assert (ok.cpu_affinity.astype(str).str.split(",").map(len) == 2).all()  # --cores 2: two cores of its own
+    assert (ok.host_steal_share >= 0).all()
     unsupported = cells[cells.status == "unsupported"]
     assert unsupported.error.str.contains("precision int4 is not supported by engine hf").all()
     assert "6 cells (4 ok, 2 unsupported)" in run.stderr
@@ -69,13 +78,10 @@ def test_requests_csv_has_one_row_per_measured_request(first_run):
     workdir, _, _ = first_run
     requests = pd.read_csv(workdir / "results/wf/requests.csv")
     per_cell = requests.groupby("cell_id").size().to_dict()
-    # 2 repeats x 4 requests; at batch 3 that is 2 waves of 3 = 6 per repeat
-    assert per_cell == {
-        "hf/tiny-llama/bf16/bs1": 8,
-        "hf/tiny-llama/bf16/bs3": 12,
-        "hf/tiny-llama/fp32/bs1": 8,
-        "hf/tiny-llama/fp32/bs3": 12,
-    }
+    run = pd.read_csv(workdir / "results/wf/cells.csv").set_index("cell_id").repeats_run.dropna()
+    # 4 requests per repeat; at batch 3 that is 2 waves of 3 = 6 per repeat (discarded repeats too)
+    assert per_cell == {cell: int(repeats) * (6 if cell.endswith("bs3") else 4) for cell, repeats in run.items()}
+    assert requests.groupby("cell_id").repeat.nunique().to_dict() == run.astype(int).to_dict()
     assert (requests.output_tokens == 6).all() and (requests.input_tokens == 12).all()
     assert (requests.ttft_s < requests.e2e_s).all() and requests.success.all()
     assert (requests.chunks == 6).all()

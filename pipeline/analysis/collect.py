@@ -11,6 +11,7 @@ Axes come from each result's own fields, never from directory names.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def read_records(requests_csv: Path) -> list[dict]:
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     for record in records:
         record["success"] = str(record["success"]).lower() == "true"
+        record["discarded"] = str(record.get("discarded")).lower() == "true"
         record["itl_s"] = record["itl_s"] or "[]"
     return records
 
@@ -54,10 +56,41 @@ def roofline_columns(
             metrics.get("ttft_s_p50"),
             weights=result.weights,
             architecture=result.architecture,
+            cell_probes=result.cell_probes,
+            tpot_interval=(metrics.get("tpot_s_p50_low"), metrics.get("tpot_s_p50_high")),
         )
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         why = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
         return {"roofline_missing": f"no model architecture to count bytes from ({why}): give model.architecture"}
+
+
+def settling(starts: list[dict]) -> dict:
+    """How the measurement settled, over the cell's engine starts: rounds and repeats summed,
+    steady only if every start's warm-up was, the worst host noise."""
+    if not starts:
+        return {}
+
+    def part(name: str) -> list[dict]:
+        return [s.get(name) or {} for s in starts]
+
+    def worst(key: str):
+        values = [h[key] for h in part("host") if h.get(key) is not None]
+        return max(values) if values else None
+
+    warmups, repeats = part("warmup"), part("repeats")
+    steady = [w.get("steady") for w in warmups if w.get("steady") is not None]
+    return {
+        "instance_starts": len(starts),
+        "warmup_rounds": sum(w.get("rounds", 0) for w in warmups),
+        "warmup_steady": all(steady) if steady else None,
+        "repeats_run": sum(r.get("run", 0) for r in repeats),
+        "repeats_kept": sum(r.get("kept", 0) for r in repeats),
+        "repeats_discarded": sum(len(r.get("discarded", [])) for r in repeats),
+        "repeats_stop": ",".join(sorted({r["stop"] for r in repeats if r.get("stop")})) or None,
+        "host_steal_share": worst("steal_share"),
+        "host_other_busy_share": worst("other_busy_share"),
+        "host_load_1m": worst("load_1m"),
+    }
 
 
 def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig, entries: list[HardwareConfig]) -> dict:
@@ -67,7 +100,9 @@ def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig,
     row.update(roofline_columns(result, metrics, requested, entries))
     workload = (result.config or {}).get("workload") or {}
     client = result.client or {}  # server engines: could the client keep up?
+    row.update(settling(result.starts))
     row.update(
+        cpu_affinity=",".join(map(str, result.cpu_affinity)) if result.cpu_affinity else None,
         engine_version=result.engine_version,
         engine_precision=result.engine_precision,
         load_s=result.load_s,
@@ -87,7 +122,7 @@ def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig,
         input_tokens=workload.get("input_tokens"),
         output_tokens_target=workload.get("output_tokens"),
         num_requests=workload.get("num_requests"),
-        repeats=workload.get("repeats"),
+        repeats=json.dumps(workload.get("repeats")),  # a number, or the adaptive policy
         request_rate=workload.get("request_rate"),
         client_cpu_share=client.get("cpu_share_max"),
         client_saturated=client.get("saturated"),

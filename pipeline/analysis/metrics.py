@@ -6,6 +6,7 @@ tpot_s   (e2e_s - ttft_s) / (output_tokens - 1)
 itl_s    every gap between consecutive chunks (pooled over requests)
 ms_per_10_words  10000 * sum(e2e_s) / sum(words)   (the notebook's metric; never the headline)
 output_tok_s     all output tokens / measured window
+*_low, *_high    the 95% interval of TPOT p50, TTFT p50 and output tok/s (pipeline.stats)
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable
 
 import numpy as np
 
 from pipeline.results.schema import PERCENTILES
+from pipeline.stats import by_repeat, headline_intervals, measured_window
 
 
 def _stats(name: str, values: list[float]) -> dict[str, float | None]:
@@ -30,16 +31,10 @@ def _stats(name: str, values: list[float]) -> dict[str, float | None]:
     return out
 
 
-def measured_window(records: Iterable[dict]) -> float | None:
-    """First request sent -> last token received, over successful requests."""
-    ok = [r for r in records if r["success"]]
-    if not ok:
-        return None
-    return max(r["t_end"] for r in ok) - min(r["t_send"] for r in ok)
-
-
 def summarize(records: list[dict]) -> dict[str, float | int | None]:
-    """Per-cell figures from the measured requests (records carry a `repeat` column)."""
+    """Per-cell figures from the measured requests (records carry a `repeat` column); records
+    of a discarded repeat (pipeline.run.measure) are left out."""
+    records = [r for r in records if not r.get("discarded")]
     ok = [r for r in records if r["success"]]
     figures: dict[str, float | int | None] = {
         "requests": len(records),
@@ -57,24 +52,35 @@ def summarize(records: list[dict]) -> dict[str, float | int | None]:
     figures["output_tokens_retok"] = statistics.fmean(retok) if retok else None
     figures["tokens_per_chunk"] = statistics.fmean(r["tokens_per_chunk"] for r in ok) if ok else None
 
-    # Throughput per repeat (each repeat's own window), then over all repeats.
-    per_repeat = []
-    total_window = 0.0
-    for repeat in sorted({r["repeat"] for r in records}):
-        rows = [r for r in ok if r["repeat"] == repeat]
+    # Throughput and TPOT per repeat (each repeat's own window), then over all repeats.
+    groups = by_repeat(records)
+    per_repeat, tpot_per_repeat, total_window = [], [], 0.0
+    for rows in groups.values():
         window = measured_window(rows)
         if window:
             per_repeat.append(sum(r["output_tokens"] for r in rows) / window)
             total_window += window
+        tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
+        if tpots:
+            tpot_per_repeat.append(float(np.median(tpots)))
     figures["output_tok_s"] = sum(tokens) / total_window if total_window else None
     figures["req_s"] = len(ok) / total_window if total_window else None
     figures["output_tok_s_repeats"] = json.dumps(per_repeat)
-    figures["output_tok_s_spread"] = (
-        (max(per_repeat) - min(per_repeat)) / statistics.median(per_repeat) if len(per_repeat) > 1 else None
-    )
+    figures["tpot_s_p50_repeats"] = json.dumps(tpot_per_repeat)
+    figures["output_tok_s_spread"] = spread(per_repeat)
+    figures["tpot_s_p50_spread"] = spread(tpot_per_repeat)
+    for name, interval in headline_intervals(records).items():
+        low, high = (None, None) if interval is None else interval[1:]
+        figures[f"{name}_low"] = None if low is None or math.isnan(low) else low
+        figures[f"{name}_high"] = None if high is None or math.isnan(high) else high
     words = sum(r["words"] for r in ok)
     figures["ms_per_10_words"] = 10_000 * sum(r["e2e_s"] for r in ok) / words if words else None
     return figures
+
+
+def spread(values: list[float]) -> float | None:
+    """(max - min) / median over repeats; None with fewer than two."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else None
 
 
 def as_number(value) -> float | None:

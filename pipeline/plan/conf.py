@@ -90,20 +90,25 @@ def measurement_digest(sections: dict[str, Any]) -> str:
 
 
 def to_override(key: str, value: Any) -> str:
-    """A `key=value` Hydra override for a plain value (as YAML or --config gives it)."""
+    """A `key=value` Hydra override for a plain value or a mapping of them (as YAML or --config
+    gives it); a mapping merges into the composed one (`workload.repeats: {max: 4}`)."""
+    return f"{key}={_override_value(key, value)}"
+
+
+def _override_value(key: str, value: Any) -> str:
     if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif value is None:
-        text = "null"
-    elif isinstance(value, (int, float)):
-        text = repr(value)
-    elif isinstance(value, str):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
         # Quote anything Hydra's override grammar would otherwise interpret.
         plain = value.replace("_", "").replace("-", "").replace(".", "").replace("/", "")
-        text = value if plain.isalnum() else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    else:
-        raise ConfigError(f"override {key}: only plain values are supported, got {type(value).__name__}")
-    return f"{key}={text}"
+        return value if plain.isalnum() else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, dict) and all(isinstance(k, str) and k.isidentifier() for k in value):
+        return "{" + ",".join(f"{k}:{_override_value(f'{key}.{k}', v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"override {key}: only plain values and mappings of them are supported, got {value!r}")
 
 
 def check_overrides(overrides: list[str], conf_dir: Path = CONF_DIR) -> CellConfig:

@@ -175,8 +175,9 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
         cells = [Cell(instance.engine, instance.model, instance.precision, bs) for bs in pending]
         state = ";".join(f"bs{c.batch_size}={states[c]}" for c in cells)
         engine = tree.engine(instance.engine)
-        # worst case: every cell times out and the next one starts a fresh engine
-        runtime_s = len(pending) * (engine.load_timeout_s + base.workload.timeout_s) + RUNTIME_MARGIN_S
+        # worst case: every cell of every engine start times out and the next one starts a fresh engine
+        per_start = len(pending) * (engine.load_timeout_s + base.workload.timeout_s)
+        runtime_s = base.workload.instance_starts * per_start + RUNTIME_MARGIN_S
         weights, guessed = model_weight_bytes(
             model_configs[instance.model], tree.precision(instance.precision), models_dir
         )

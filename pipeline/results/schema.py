@@ -19,7 +19,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
+from pipeline.stats import HEADLINE
+
+SCHEMA_VERSION = 3
 
 OK, UNSUPPORTED, ERROR, TIMEOUT = "ok", "unsupported", "error", "timeout"
 STATUSES = (OK, UNSUPPORTED, ERROR, TIMEOUT)
@@ -82,6 +84,11 @@ class CellResult:
     peak_mem_bytes: int | None = None
     peak_mem_kind: str | None = None
     client: dict | None = None  # server engines: {processes, cpu_share_max, max_loop_lag_s, saturated}
+    # per engine start (workload.instance_starts): {"warmup": {rounds, step_s, steady},
+    # "repeats": {run, kept, discarded, stop, ...}, "host": {steal_share, other_busy_share, load_1m, ...}}
+    starts: list = field(default_factory=list)
+    cell_probes: list = field(default_factory=list)  # memory bandwidth just before and after the cell (each start)
+    cpu_affinity: list | None = None  # the cores the engine process was pinned to (None: not pinned)
     # the machine and the artifacts, as found
     peaks: dict = field(default_factory=dict)  # probe results on the engine's device (pipeline.run.probes)
     hardware: dict = field(default_factory=dict)  # detected CPU/GPU (pipeline.run.provenance)
@@ -116,7 +123,9 @@ class CellResult:
 
 
 REQUEST_COLUMNS = (
-    "repeat",
+    "start",  # which engine start measured it (0-based; workload.instance_starts)
+    "repeat",  # unique within the cell, across starts
+    "discarded",  # a first repeat found to be an outlier and run again (pipeline.stats): not in the statistics
     "wave",
     "request",
     "success",
@@ -170,15 +179,27 @@ CELL_COLUMNS: tuple[Column, ...] = (
     *(c for name in DISTRIBUTIONS for c in _distribution(name)),
     *_metrics("output_tokens", "output_tokens_total", "output_tokens_retok", "tokens_per_chunk"),
     *_metrics("output_tok_s", "req_s"),
+    # 95% intervals of the headline figures (pipeline.stats: two-level bootstrap)
+    *_metrics(*(f"{name}_{end}" for name in HEADLINE for end in ("low", "high"))),
     Column("output_tok_s_repeats", INFO),  # JSON list, one throughput per repeat
-    *_metrics("output_tok_s_spread", "ms_per_10_words"),
+    Column("tpot_s_p50_repeats", INFO),  # JSON list, one TPOT p50 per repeat
+    *_metrics("output_tok_s_spread", "tpot_s_p50_spread", "ms_per_10_words"),
+    # how the measurement settled (pipeline.run.measure)
+    *_metrics("instance_starts", "warmup_rounds", "repeats_run", "repeats_kept", "repeats_discarded"),
+    Column("warmup_steady", INFO),
+    Column("repeats_stop", INFO),  # fixed | converged | max | budget (per start, joined)
+    *_metrics("host_steal_share", "host_other_busy_share", "host_load_1m"),
+    Column("cpu_affinity", INFO),
     # the roofline (pipeline.analysis.roofline)
     Column("hardware_entry", PARAM),
     *_metrics("params", "weight_bytes"),
     Column("weight_bytes_source", INFO),
     *_metrics("kv_bytes_per_token", "mean_context", "bytes_per_step", "flops_per_token"),
-    *_metrics("peak_bandwidth_gbs", "peak_bandwidth_measured_gbs", "tpot_floor_s", "tpot_floor_measured_s"),
-    *_metrics("achieved_bandwidth_gbs", "mbu", "mbu_measured", "prefill_mfu", "prefill_mfu_measured"),
+    *_metrics("peak_bandwidth_gbs", "peak_bandwidth_measured_gbs", "peak_bandwidth_measured_low_gbs"),
+    Column("peak_bandwidth_probe", INFO),  # cell: probed just before and after it; load: the engine's (cached) probe
+    *_metrics("tpot_floor_s", "tpot_floor_measured_s"),
+    *_metrics("achieved_bandwidth_gbs", "mbu", "mbu_measured", "mbu_measured_low", "mbu_measured_high"),
+    *_metrics("prefill_mfu", "prefill_mfu_measured"),
     *_metrics("peak_tflops", "peak_tflops_measured", "ridge_batch_size"),
     Column("roofline_flag", INFO),
     # what bounds the cell (pipeline.analysis.diagnosis)

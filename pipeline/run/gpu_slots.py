@@ -97,12 +97,12 @@ class Lease:
         self.release()
 
 
-def _open_slot(directory: Path, device: str) -> int:
-    return os.open(directory / f"gpu-{device}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+def _open_slot(directory: Path, device: str, prefix: str) -> int:
+    return os.open(directory / f"{prefix}-{device}.lock", os.O_RDWR | os.O_CREAT, 0o666)
 
 
-def _try_lock(directory: Path, device: str) -> int | None:
-    fd = _open_slot(directory, device)
+def _try_lock(directory: Path, device: str, prefix: str = "gpu") -> int | None:
+    fd = _open_slot(directory, device, prefix)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -117,12 +117,13 @@ def _prepare(directory: Path) -> None:
         directory.chmod(0o1777)
 
 
-def try_acquire(count: int, slots: list[str], directory: Path, holder: str = "") -> Lease | None:
-    """`count` free slots at once, or None (then nothing is held)."""
+def try_acquire(count: int, slots: list[str], directory: Path, holder: str = "", prefix: str = "gpu") -> Lease | None:
+    """`count` free slots at once, or None (then nothing is held). prefix names the lock files
+    (gpu-0.lock; pipeline.run.cpu_slots takes cores the same way, cpu-0.lock)."""
     _prepare(directory)
     taken: list[tuple[str, int]] = []
     for device in slots:
-        fd = _try_lock(directory, device)
+        fd = _try_lock(directory, device, prefix)
         if fd is None:
             continue
         taken.append((device, fd))
@@ -146,6 +147,7 @@ def acquire(
     poll_s: float = 0.2,
     say: Callable[[str], None] | None = None,
     say_every_s: float = 60.0,
+    prefix: str = "gpu",
 ) -> Lease:
     """Wait for `count` free slots and hold them. Waiting happens only when more GPU jobs run
     than there are slots (no `--resources gpu=N`, or other workflows on the same machine)."""
@@ -159,12 +161,12 @@ def acquire(
     waited_since = time.monotonic()
     said = waited_since
     while True:
-        lease = try_acquire(count, slots, directory, holder)
+        lease = try_acquire(count, slots, directory, holder, prefix)
         if lease is not None:
             return lease
         if say is not None and time.monotonic() - said >= say_every_s:
             said = time.monotonic()
-            say(f"waiting {said - waited_since:.0f}s for {count} free GPU slot(s) of {len(slots)} in {directory}")
+            say(f"waiting {said - waited_since:.0f}s for {count} free {prefix} slot(s) of {len(slots)} in {directory}")
         time.sleep(poll_s)
 
 

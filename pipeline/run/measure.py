@@ -1,16 +1,21 @@
-"""Run one cell's workload on a loaded engine: warmup, then repeats of full-batch waves
-(in-process engines) or of streamed requests under a load pattern (server engines)."""
+"""Run one cell's workload on a loaded engine: warm-up until steady, then repeats (a fixed
+number, or until the headline intervals are narrow enough) of full-batch waves (in-process
+engines) or of streamed requests under a load pattern (server engines)."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable
 
 from pipeline.config import CellConfig
 from pipeline.engines.base import Engine, RequestResult
-from pipeline.run.prompts import make_prompts, warmup_waves, waves
+from pipeline.run.host import host_noise, host_sample
+from pipeline.run.probes import measure_bandwidth
+from pipeline.run.prompts import make_prompts, waves
 from pipeline.run.protocol import CellDone
+from pipeline.stats import first_is_outlier, headline_intervals, relative_half_width, steady
 
 
 def request_record(result: RequestResult, count_tokens: Callable[[str], int], input_tokens: int) -> dict:
@@ -53,109 +58,206 @@ def request_record(result: RequestResult, count_tokens: Callable[[str], int], in
     return record
 
 
-def measure_cell(engine: Engine, cell: CellConfig, progress=print) -> CellDone:
-    """Records of the measured requests plus the cell's timing breakdown.
+class Rounds:
+    """One round = the cell's measured requests once: full-batch waves (in-process engines) or
+    streamed requests under the cell's load (server engines). Warm-up and repeats are rounds."""
 
-    batch_size prompts are submitted together per wave; warmup waves run first and are
-    not recorded. Each repeat sends at least workload.num_requests requests.
-    """
-    if engine.serves_streams:
-        return measure_streams(engine, cell, progress)
-    if cell.workload.request_rate is not None:
-        raise ValueError(
-            "workload.request_rate (open-loop arrivals) needs a server engine (engine=<name>_server or openai)"
-        )
-    workload, bs = cell.workload, cell.batch_size
-    vocab = engine.vocab_size()
+    def __init__(self, engine: Engine, cell: CellConfig):
+        workload, bs = cell.workload, cell.batch_size
+        self.engine, self.workload, self.batch_size = engine, workload, bs
+        self.vocab = engine.vocab_size()
+        self.clients: list[dict] = []
+        if engine.serves_streams:
+            from pipeline.engines.client import Load
 
-    def batch(stream: str) -> list[list[int]]:
-        return make_prompts(bs, workload.input_tokens, vocab, workload.seed, f"bs{bs}/{stream}")
+            self.load = Load(
+                concurrency=bs,
+                request_rate=workload.request_rate,
+                processes=workload.client_processes,
+                seed=workload.seed,
+                timeout_s=workload.timeout_s,
+            )
+        elif workload.request_rate is not None:
+            raise ValueError(
+                "workload.request_rate (open-loop arrivals) needs a server engine (engine=<name>_server or openai)"
+            )
 
-    engine.reset_peak_memory()
-    prepare_s = engine.prepare(bs, workload.input_tokens, workload.output_tokens)  # e.g. a compile, off the clock
-    if prepare_s is not None:
-        progress(f"prepared batch size {bs} in {prepare_s:.1f}s")
-    started = time.perf_counter()
-    for wave in range(warmup_waves(workload, bs)):
-        engine.generate(batch(f"warmup/{wave}"), workload.output_tokens)
-    warmup_s = time.perf_counter() - started
+    def _prompts(self, count: int, stream: str) -> list[list[int]]:
+        w = self.workload
+        return make_prompts(count, w.input_tokens, self.vocab, w.seed, f"bs{self.batch_size}/{stream}")
 
-    records = []
-    measure_start = time.perf_counter()
-    n_waves = waves(workload.num_requests, bs)
-    for repeat in range(workload.repeats):
-        for wave in range(n_waves):
-            results = engine.generate(batch(f"r{repeat}/w{wave}"), workload.output_tokens)
+    def run(self, requests: int, stream: str) -> list[dict]:
+        """At least `requests` requests (whole batches), as records; distinct prompts per stream."""
+        engine, bs, out = self.engine, self.batch_size, self.workload.output_tokens
+        records = []
+        if engine.serves_streams:
+            results, client = engine.stream(self._prompts(waves(requests, bs) * bs, stream), out, self.load)
+            self.clients.append(client)
             for index, result in enumerate(results):
-                record = request_record(result, engine.count_tokens, workload.input_tokens)
-                record.update(repeat=repeat, wave=wave, request=wave * bs + index)
-                records.append(record)
-        progress(f"repeat {repeat + 1}/{workload.repeats}: {n_waves} wave(s) of {bs}")
-    measure_s = time.perf_counter() - measure_start
+                records.append({**self._record(result), "wave": None, "request": index})
+            return records
+        for wave in range(waves(requests, bs)):
+            for index, result in enumerate(engine.generate(self._prompts(bs, f"{stream}/w{wave}"), out)):
+                records.append({**self._record(result), "wave": wave, "request": wave * bs + index})
+        return records
 
-    return _result(engine, records, warmup_s, measure_s, measure_start, prepare_s=prepare_s)
+    def _record(self, result: RequestResult) -> dict:
+        return request_record(result, self.engine.count_tokens, self.workload.input_tokens)
+
+    def describe(self, count: int) -> str:
+        if not self.engine.serves_streams:
+            return f"{waves(count, self.batch_size)} wave(s) of {self.batch_size}"
+        rate = self.workload.request_rate
+        pattern = f"{rate:g} req/s" if rate else f"{self.batch_size} in flight"
+        busy = " (the client was saturated: add workload.client_processes)" if self.clients[-1]["saturated"] else ""
+        return f"{waves(count, self.batch_size) * self.batch_size} requests, {pattern}{busy}"
+
+    def client(self) -> dict | None:
+        if not self.clients:
+            return None
+        return {
+            "processes": self.clients[0]["processes"],
+            "cpu_share_max": max(c["cpu_share"] for c in self.clients),
+            "max_loop_lag_s": max(c["max_loop_lag_s"] for c in self.clients),
+            "saturated": any(c["saturated"] for c in self.clients),
+        }
 
 
-def measure_streams(engine, cell: CellConfig, progress=print) -> CellDone:
-    """A server engine: per repeat, the same number of requests as the offline waves, sent by the
-    streaming client either closed loop (batch_size in flight) or open loop (request_rate)."""
-    from pipeline.engines.client import Load
+def step_time(records: list[dict]) -> float | None:
+    """A round's step time: the median TPOT of its successful requests."""
+    tpots = [r["tpot_s"] for r in records if r["success"] and r["tpot_s"] is not None]
+    return statistics.median(tpots) if tpots else None
 
-    workload, bs = cell.workload, cell.batch_size
-    load = Load(
-        concurrency=bs,
-        request_rate=workload.request_rate,
-        processes=workload.client_processes,
-        seed=workload.seed,
-        timeout_s=workload.timeout_s,
-    )
-    vocab = engine.vocab_size()
 
-    def prompts(count: int, stream: str) -> list[list[int]]:
-        return make_prompts(count, workload.input_tokens, vocab, workload.seed, f"bs{bs}/{stream}")
+def warm_up(rounds: Rounds, workload, progress) -> dict:
+    """Warm-up rounds until two in a row agree on step time (pipeline.stats.steady), at most
+    workload.warmup_max_rounds; none when warmup_requests is 0."""
+    steps: list[float] = []
+    if not workload.warmup_requests:
+        return {"rounds": 0, "step_s": [], "steady": None}
+    for index in range(workload.warmup_max_rounds):
+        step = step_time(rounds.run(max(workload.warmup_requests, rounds.batch_size), f"warmup/{index}"))
+        if step is None:  # failing requests: the measured repeats will say so
+            break
+        steps.append(step)
+        if steady(steps, workload.steady_tolerance):
+            break
+    settled = steady(steps, workload.steady_tolerance)
+    if not settled:
+        progress(f"warm-up did not settle in {len(steps)} round(s): step times {[round(s * 1e3, 2) for s in steps]} ms")
+    return {"rounds": len(steps), "step_s": steps, "steady": settled}
 
-    engine.reset_peak_memory()
+
+def measure_repeats(rounds: Rounds, workload, progress) -> tuple[list[dict], dict]:
+    """Repeats as the policy says (pipeline.config.RepeatPolicy), each one round of
+    workload.num_requests. A first repeat that is an outlier (pipeline.stats.first_is_outlier)
+    is discarded and run once more: its records stay, marked `discarded`."""
+    policy = workload.repeat_policy
+    kept: list[list[dict]] = []
+    discarded: list[int] = []
     started = time.perf_counter()
-    if workload.warmup_requests:
-        engine.stream(prompts(max(workload.warmup_requests, bs), "warmup"), workload.output_tokens, load)
-    warmup_s = time.perf_counter() - started
-
-    records, clients = [], []
-    measure_start = time.perf_counter()
-    count = waves(workload.num_requests, bs) * bs
-    for repeat in range(workload.repeats):
-        results, client = engine.stream(prompts(count, f"r{repeat}"), workload.output_tokens, load)
-        clients.append(client)
-        for index, result in enumerate(results):
-            record = request_record(result, engine.count_tokens, workload.input_tokens)
-            record.update(repeat=repeat, wave=None, request=index)
-            records.append(record)
-        pattern = f"{workload.request_rate:g} req/s" if workload.request_rate else f"{bs} in flight"
-        busy = " (the client was saturated: add workload.client_processes)" if client["saturated"] else ""
-        progress(f"repeat {repeat + 1}/{workload.repeats}: {count} requests, {pattern}{busy}")
-    measure_s = time.perf_counter() - measure_start
-    client = {
-        "processes": clients[0]["processes"],
-        "cpu_share_max": max(c["cpu_share"] for c in clients),
-        "max_loop_lag_s": max(c["max_loop_lag_s"] for c in clients),
-        "saturated": any(c["saturated"] for c in clients),
+    widths: dict[str, float | None] = {}
+    stop = "fixed"
+    all_records: list[dict] = []
+    while True:
+        repeat = len(kept) + len(discarded)
+        records = rounds.run(workload.num_requests, f"r{repeat}")
+        for record in records:
+            record.update(repeat=repeat, discarded=False)
+        all_records.extend(records)
+        kept.append(records)
+        total = f"/{policy.max}" if not policy.adaptive else f" (of {policy.min}-{policy.max})"
+        progress(f"repeat {len(kept)}{total}: {rounds.describe(workload.num_requests)}")
+        steps = [step_time(k) for k in kept]
+        if not discarded and None not in steps and first_is_outlier(steps, workload.steady_tolerance):
+            progress(
+                f"first repeat's step time {steps[0] * 1e3:.2f} ms is outside the others' "
+                f"({min(steps[1:]) * 1e3:.2f}-{max(steps[1:]) * 1e3:.2f} ms): discarded and run again"
+            )
+            first = kept.pop(0)
+            for record in first:
+                record["discarded"] = True
+            discarded.append(first[0]["repeat"])
+            continue
+        if len(kept) < policy.min:
+            continue
+        if not policy.adaptive:
+            break
+        intervals = headline_intervals([r for k in kept for r in k])
+        widths = {name: relative_half_width(interval) for name, interval in intervals.items()}
+        if all(w is not None and w <= policy.target for w in widths.values()):
+            stop = "converged"
+            break
+        if len(kept) >= policy.max:
+            stop = "max"
+            break
+        if policy.budget_s is not None and time.perf_counter() - started >= policy.budget_s:
+            stop = "budget"
+            break
+    summary = {
+        "run": len(kept) + len(discarded),
+        "kept": len(kept),
+        "discarded": discarded,
+        "stop": stop,  # fixed | converged | max | budget
+        "converged": stop == "converged" if policy.adaptive else None,
+        "half_widths": widths,  # relative, of the headline figures when the repeats stopped (adaptive only)
     }
-    return _result(engine, records, warmup_s, measure_s, measure_start, client)
+    if policy.adaptive:
+        shown = ", ".join(f"{k} {'?' if w is None else f'{w:.1%}'}" for k, w in widths.items())
+        progress(f"repeats stopped ({stop}) after {len(kept)}: 95% half-widths {shown}")
+    return all_records, summary
 
 
-def _result(
-    engine: Engine,
-    records: list[dict],
-    warmup_s: float,
-    measure_s: float,
-    measure_start: float,
-    client=None,
-    prepare_s: float | None = None,
-) -> CellDone:
+def measure_cell(engine: Engine, cell: CellConfig, progress=print) -> CellDone:
+    """Records of the measured requests plus the cell's timing breakdown: the bandwidth probe,
+    warm-up until steady, the repeats, the probe again; the host's noise over the cell."""
+    workload = cell.workload
+    rounds = Rounds(engine, cell)
+    probe_before = cell_probe(engine, progress)
+    host_before = host_sample()
+    engine.reset_peak_memory()
+    prepare_s = engine.prepare(cell.batch_size, workload.input_tokens, workload.output_tokens)  # off the clock
+    if prepare_s is not None:
+        progress(f"prepared batch size {cell.batch_size} in {prepare_s:.1f}s")
+    started = time.perf_counter()
+    warmup = warm_up(rounds, workload, progress)
+    warmup_s = time.perf_counter() - started
+    measure_start = time.perf_counter()
+    records, repeats = measure_repeats(rounds, workload, progress)
+    measure_s = time.perf_counter() - measure_start
+    peak_bytes, peak_kind = engine.peak_memory()  # before the probe's buffers
+    host = host_noise(host_before, host_sample())
+    probe_after = cell_probe(engine, progress)
     # Times relative to the start of measurement: readable, and comparable across cells.
     for record in records:
         for key in ("t_send", "t_end"):
             if record[key] is not None:
                 record[key] -= measure_start
-    peak_bytes, peak_kind = engine.peak_memory()
-    return CellDone(records, warmup_s, measure_s, peak_bytes, peak_kind, client, prepare_s)
+    return CellDone(
+        records,
+        warmup_s,
+        measure_s,
+        peak_bytes,
+        peak_kind,
+        client=rounds.client(),
+        prepare_s=prepare_s,
+        steady={"warmup": warmup, "repeats": repeats},
+        host=host,
+        probes=[p for p in (probe_before, probe_after) if p is not None],
+    )
+
+
+def cell_probe(engine: Engine, progress) -> dict | None:
+    """The memory bandwidth on the engine's device, next to the cell (never fatal)."""
+    target = engine.probe_target()
+    if target is None:
+        return None
+    try:
+        # Smaller and shorter than the load-time probe: it runs twice per cell, and beside a loaded
+        # engine memory to spare is scarce. 512 MiB still dwarfs the caches (300 MiB of L3 here):
+        # on this host it read 20.4 GB/s against 22.2 GB/s for 1 GiB.
+        probe = measure_bandwidth(target[0], engine.threads, copy_bytes=512 << 20, repeats=2)
+    except Exception as exc:  # a failed probe costs the cell's measured MBU, not the cell
+        progress(f"bandwidth probe failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return probe

@@ -1,7 +1,10 @@
 """Short measured peaks of the machine a cell runs on: large memory traffic and a large matmul.
 
-Run in the engine's process, on its device, with its thread count, right after the engine
-loads; cached per machine (host, device, threads, dtype) so a sweep pays it once.
+Run in the engine's process, on its device, with its thread count and CPU placement. The
+full probe (bandwidth and matmul) runs right after the engine loads, cached per machine
+(host, device, threads, dtype) so a sweep pays it once; the bandwidth alone is measured
+again before and after every cell (pipeline.run.measure), since a shared host's bandwidth
+drifts between cells and MBU must be judged against the bandwidth of its own moment.
 
 Bandwidth is probed twice: a copy (bytes read + written) and a read-only reduction. Decode
 mostly reads, and on CPUs reads run faster than copies, so the peak is the better of the
@@ -37,14 +40,9 @@ def _timed(fn, repeats: int, sync) -> list[float]:
     return times
 
 
-def measure_peaks(
-    device: str,
-    dtype: str,
-    threads: int | None,
-    copy_bytes: int | None = None,
-    matmul_n: int | None = None,
-    repeats: int = 5,
-) -> dict:
+def measure_bandwidth(device: str, threads: int | None, copy_bytes: int | None = None, repeats: int = 3) -> dict:
+    """Memory bandwidth on `device` with `threads` (torch's), from a copy and a read-only sum of
+    a buffer far larger than any cache; the better of the two is the figure."""
     import torch
 
     if threads:
@@ -57,13 +55,6 @@ def measure_peaks(
     copy = [2 * copy_bytes / t / 1e9 for t in _timed(lambda: dst.copy_(src), repeats, sync)]
     read = [copy_bytes / t / 1e9 for t in _timed(lambda: src.sum(), repeats, sync)]
     bandwidths = copy if max(copy) >= max(read) else read
-
-    torch_dtype = getattr(torch, dtype)
-    n = matmul_n or (8192 if gpu else 1024)
-    a = torch.randn(n, n, device=device).to(torch_dtype)
-    b = torch.randn(n, n, device=device).to(torch_dtype)
-    matmul_times = _timed(lambda: a @ b, repeats, sync)
-    tflops = [2 * n**3 / t / 1e12 for t in matmul_times]
     return {
         "bandwidth_gbs": max(bandwidths),
         "bandwidth_gbs_median": statistics.median(bandwidths),
@@ -71,15 +62,39 @@ def measure_peaks(
         "bandwidth_from": "copy" if bandwidths is copy else "read",
         "copy_gbs": max(copy),
         "read_gbs": max(read),
+        "copy_bytes": copy_bytes,
+        "threads": threads or torch.get_num_threads(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def measure_peaks(
+    device: str,
+    dtype: str,
+    threads: int | None,
+    copy_bytes: int | None = None,
+    matmul_n: int | None = None,
+    repeats: int = 5,
+) -> dict:
+    import torch
+
+    bandwidth = measure_bandwidth(device, threads, copy_bytes, repeats)
+    gpu = device.startswith("cuda")
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    torch_dtype = getattr(torch, dtype)
+    n = matmul_n or (8192 if gpu else 1024)
+    a = torch.randn(n, n, device=device).to(torch_dtype)
+    b = torch.randn(n, n, device=device).to(torch_dtype)
+    matmul_times = _timed(lambda: a @ b, repeats, sync)
+    tflops = [2 * n**3 / t / 1e12 for t in matmul_times]
+    return {
+        **bandwidth,
         "matmul_tflops": max(tflops),
         "matmul_tflops_median": statistics.median(tflops),
-        "copy_bytes": copy_bytes,
         "matmul_n": n,
         "dtype": dtype,
         "device": device,
-        "threads": threads or torch.get_num_threads(),
         "repeats": repeats,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import random
 
-from pipeline.config import WorkloadConfig
-
 # Llama numbers <unk>, <s>, </s>, <pad> 0..3; prompts avoid them (and any id below).
 FIRST_ORDINARY_ID = 4
 
@@ -25,7 +23,3 @@ def make_prompts(count: int, length: int, vocab_size: int, seed: int, stream: st
 def waves(requests: int, batch_size: int) -> int:
     """Full batches needed to send at least `requests` requests."""
     return math.ceil(requests / batch_size)
-
-
-def warmup_waves(workload: WorkloadConfig, batch_size: int) -> int:
-    return waves(workload.warmup_requests, batch_size) if workload.warmup_requests else 0

@@ -46,6 +46,9 @@ class CellDone:
     peak_mem_kind: str
     client: dict | None = None  # server engines: could the client keep up?
     prepare_s: float | None = None  # what the engine did once for this shape before warm-up (a compile)
+    steady: dict | None = None  # {"warmup": rounds until steady, "repeats": how many and why they stopped}
+    host: dict | None = None  # the machine's steal time and load over the cell (pipeline.run.host)
+    probes: list | None = None  # memory bandwidth measured just before and after the cell
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ every finished cell is kept. The engine process is killed with its whole process
 any exit, so nothing is left holding a GPU.
 
 With --gpus N the instance first takes N GPU slots of its own (pipeline.run.gpu_slots; under
-SLURM the scheduler's assignment is used) and gives its engine exactly those devices.
+SLURM the scheduler's assignment is used) and gives its engine exactly those devices;
+without GPUs it takes --threads cores of its own and pins itself and its engine to them
+(pipeline.run.cpu_slots).
 If the process that started it (Snakemake) dies, even by SIGKILL, it gets SIGTERM
 (pipeline.run.lifetime) and stops its engine: an interrupted workflow leaves nothing running.
 """
@@ -27,7 +29,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,10 +38,11 @@ from pipeline.models.shape import model_architecture
 from pipeline.plan.conf import measurement_digest
 from pipeline.results.schema import ERROR, OK, TIMEOUT, UNSUPPORTED, Cell, CellResult
 from pipeline.results.store import write_cell, write_json
+from pipeline.run.cpu_slots import pin_cores
 from pipeline.run.engine_process import serve
 from pipeline.run.gpu_slots import NoGpuSlots, acquire, scheduler_devices
 from pipeline.run.lifetime import die_with_parent
-from pipeline.run.protocol import CellFailed, CellUnsupported, LoadFailed, Ready, RunCell, Stop
+from pipeline.run.protocol import CellDone, CellFailed, CellUnsupported, LoadFailed, Ready, RunCell, Stop
 from pipeline.run.provenance import describe_hardware, git_sha
 
 
@@ -110,6 +113,9 @@ class InstanceRunner:
         self.cell_reports: list[dict] = []
         self.startup_overhead_s = 0.0
         self.gpu_devices: str | None = None  # CUDA_VISIBLE_DEVICES given to the engine, when GPUs were asked
+        self.cpu_affinity: list[int] | None = None  # the cores the engine is pinned to (CPU jobs)
+        self.measured: dict[Cell, Measured] = {}  # what each cell's engine starts measured so far
+        self.finished: set[Cell] = set()  # cells no further engine start measures
 
     # -- engine process -------------------------------------------------------------
     def _start_engine(self, cfg: CellConfig) -> _EngineProcess:
@@ -174,6 +180,7 @@ class InstanceRunner:
             architecture=architecture,
             hardware=measured.pop("hardware", None) or describe_hardware(),
             gpu_devices=self.gpu_devices,
+            cpu_affinity=self.cpu_affinity,
             git_sha=git_sha(),
             finished_at=_now(),
             **measured,
@@ -190,26 +197,44 @@ class InstanceRunner:
         _log(f"{cell.cell_id}: {result.status} {detail}")
 
     def run(self, process_started: float) -> None:
-        for cell in self.cells:
-            cfg = self.configs.get(cell.batch_size)
-            if isinstance(cfg, str):  # the cell's config did not validate
-                self._write(cell, self._result(cell, None, ERROR, cfg))
-                continue
-            reason = cfg.engine.unsupported_reason(cfg.precision.name, cell.batch_size)
-            if reason:
-                self._write(cell, self._result(cell, cfg, UNSUPPORTED, reason))
-                continue
-            try:
-                self._run_cell(cell, cfg, process_started)
-            except Exception as exc:  # a bug here must still leave every cell a record
-                trace = traceback.format_exc()
-                _log(trace)
-                self.kill_engine()
-                error = f"internal error: {type(exc).__name__}: {exc}"
-                self._write(cell, self._result(cell, cfg, ERROR, error, traceback=trace))
+        first = next((c for c in self.configs.values() if isinstance(c, CellConfig)), None)
+        starts = first.workload.instance_starts if first is not None else 1
+        for start in range(starts):
+            if start:
+                self._stop_engine()  # each start is a fresh engine process (workload.instance_starts)
+                _log(f"engine start {start + 1} of {starts} (workload.instance_starts)")
+            for cell in self.cells:
+                if cell in self.finished:  # failed, unsupported or invalid: no further start measures it
+                    continue
+                self._run_checked(cell, process_started, start)
         self._stop_engine()
 
-    def _run_cell(self, cell: Cell, cfg: CellConfig, process_started: float) -> None:
+    def _run_checked(self, cell: Cell, process_started: float, start: int) -> None:
+        cfg = self.configs.get(cell.batch_size)
+        if isinstance(cfg, str):  # the cell's config did not validate
+            self._finish(cell, self._result(cell, None, ERROR, cfg))
+            return
+        reason = cfg.engine.unsupported_reason(cfg.precision.name, cell.batch_size)
+        if reason:
+            self._finish(cell, self._result(cell, cfg, UNSUPPORTED, reason))
+            return
+        try:
+            self._run_cell(cell, cfg, process_started, start)
+        except Exception as exc:  # a bug here must still leave every cell a record
+            trace = traceback.format_exc()
+            _log(trace)
+            self.kill_engine()
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            self._finish(cell, self._result(cell, cfg, ERROR, error, traceback=trace))
+
+    def _finish(self, cell: Cell, result: CellResult) -> None:
+        """A cell that is done for good, short of what was asked: the requests earlier starts
+        measured are kept with it."""
+        self.finished.add(cell)
+        earlier = self.measured.get(cell)
+        self._write(cell, result, earlier.records if earlier else [])
+
+    def _run_cell(self, cell: Cell, cfg: CellConfig, process_started: float, start: int) -> None:
         cell_started = time.perf_counter()
         try:
             if self.start_failure is not None:
@@ -232,10 +257,10 @@ class InstanceRunner:
             result = self._result(
                 cell, cfg, failure.status, str(failure), traceback=failure.traceback, engine_start=self.engine_starts
             )
-            self._write(cell, result)
+            self._finish(cell, result)
             return
         if isinstance(message, CellUnsupported):
-            self._write(cell, self._result(cell, cfg, UNSUPPORTED, message.reason, engine_start=self.engine_starts))
+            self._finish(cell, self._result(cell, cfg, UNSUPPORTED, message.reason, engine_start=self.engine_starts))
             return
         if isinstance(message, CellFailed):
             _log(message.traceback)
@@ -244,31 +269,78 @@ class InstanceRunner:
             )
             if not message.engine_alive:
                 self.kill_engine()  # the engine cannot go on (its server died): the next cell starts a fresh one
-            self._write(cell, result)
+            self._finish(cell, result)
             return
         cell_wall_s = time.perf_counter() - cell_started
         prepared = message.prepare_s or 0.0
         overhead_s = cell_wall_s - prepared - message.warmup_s - message.measure_s
-        overhead_s += self.startup_overhead_s / len(self.cells)
-        failed = sum(not r["success"] for r in message.records)
+        if start == 0:  # the process's own start-up, shared by its cells once
+            overhead_s += self.startup_overhead_s / len(self.cells)
+        total = self.measured.setdefault(cell, Measured())
+        total.add(message, start, cell_wall_s, overhead_s)
+        failed = sum(not r["success"] for r in total.records)
         status = OK if failed == 0 else ERROR
-        error = "" if status == OK else f"{failed} of {len(message.records)} requests failed"
+        error = "" if status == OK else f"{failed} of {len(total.records)} requests failed"
         result = self._result(
             cell,
             cfg,
             status,
             error,
-            compile_s=message.prepare_s,
-            warmup_s=message.warmup_s,
-            measure_s=message.measure_s,
-            cell_wall_s=cell_wall_s,
-            overhead_s=overhead_s,
-            peak_mem_bytes=message.peak_mem_bytes,
+            compile_s=total.prepare_s,
+            warmup_s=total.warmup_s,
+            measure_s=total.measure_s,
+            cell_wall_s=total.cell_wall_s,
+            overhead_s=total.overhead_s,
+            peak_mem_bytes=total.peak_mem_bytes,
             peak_mem_kind=message.peak_mem_kind,
-            client=message.client,
+            client=total.client,
+            starts=total.starts,
+            cell_probes=total.probes,
             engine_start=self.engine_starts,
         )
-        self._write(cell, result, message.records)
+        if status != OK:
+            self.finished.add(cell)
+        self._write(cell, result, total.records)
+
+
+@dataclass
+class Measured:
+    """One cell's measurements over the engine starts so far (workload.instance_starts)."""
+
+    records: list[dict] = field(default_factory=list)
+    starts: list[dict] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)
+    prepare_s: float | None = None
+    warmup_s: float = 0.0
+    measure_s: float = 0.0
+    cell_wall_s: float = 0.0
+    overhead_s: float = 0.0
+    peak_mem_bytes: int | None = None
+    client: dict | None = None
+
+    def add(self, done: CellDone, start: int, cell_wall_s: float, overhead_s: float) -> None:
+        offset = 1 + max((r["repeat"] for r in self.records), default=-1)  # repeats stay unique in the cell
+        for record in done.records:
+            record.update(start=start, repeat=record["repeat"] + offset)
+        self.records += done.records
+        self.starts.append({**(done.steady or {}), "host": done.host})
+        self.probes += done.probes or []
+        if done.prepare_s is not None:
+            self.prepare_s = (self.prepare_s or 0.0) + done.prepare_s
+        self.warmup_s += done.warmup_s
+        self.measure_s += done.measure_s
+        self.cell_wall_s += cell_wall_s
+        self.overhead_s += overhead_s
+        peaks = [p for p in (self.peak_mem_bytes, done.peak_mem_bytes) if p is not None]
+        self.peak_mem_bytes = max(peaks) if peaks else None
+        if done.client is not None:
+            previous = self.client or done.client
+            self.client = {
+                **done.client,
+                "cpu_share_max": max(previous["cpu_share_max"], done.client["cpu_share_max"]),
+                "max_loop_lag_s": max(previous["max_loop_lag_s"], done.client["max_loop_lag_s"]),
+                "saturated": previous["saturated"] or done.client["saturated"],
+            }
 
 
 def compose_cells(cells: list[Cell], overrides: list[str], out_dirs: dict[int, Path]) -> dict[int, CellConfig | str]:
@@ -387,13 +459,19 @@ def run_instance(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    lease = claim_gpus(gpus, runner, holder="/".join(cells[0].instance) + f" in {os.getcwd()}")
+    holder = "/".join(cells[0].instance) + f" in {os.getcwd()}"
+    lease = claim_gpus(gpus, runner, holder)
+    cores = None
+    if not gpus and threads:  # a CPU benchmark: cores of its own (a GPU job's threads only feed its GPU)
+        cores, runner.cpu_affinity = pin_cores(threads, holder, say=_log)
+        _log(f"engine pinned to cores {runner.cpu_affinity}")
     try:
         runner.run(process_started)
     finally:
         runner.kill_engine()
-        if lease is not None:
-            lease.release()
+        for held in (lease, cores):
+            if held is not None:
+                held.release()
     cell = cells[0]
     report = {
         "engine": cell.engine,
