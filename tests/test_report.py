@@ -21,8 +21,9 @@ from tests.conftest import REPO, run_snakemake
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def cell(engine="A", precision="bf16", batch=1, tpot_ms=10.0, tok_s=100.0, spread=0.02, model="m", **extra):
-    """One cells.csv row, with only the columns the report reads unless more are given."""
+def cell(engine="A", precision="bf16", batch=1, tpot_ms=10.0, tok_s=100.0, noise=0.02, model="m", **extra):
+    """One cells.csv row, with only the columns the report reads unless more are given; noise is
+    the relative half-width of the 95% intervals (NaN: no interval, as after one repeat)."""
     row = {
         "cell_id": f"{engine}/{model}/{precision}/bs{batch}",
         "engine": engine,
@@ -33,14 +34,23 @@ def cell(engine="A", precision="bf16", batch=1, tpot_ms=10.0, tok_s=100.0, sprea
         "error": None,
         "tpot_s_p50": tpot_ms / 1000,
         "output_tok_s": tok_s,
-        "output_tok_s_spread": spread,
+        **intervals(tpot_ms / 1000, tok_s, noise),
     }
     row.update(extra)
     return row
 
 
+def intervals(tpot_s, tok_s, noise) -> dict:
+    return {
+        "tpot_s_p50_low": tpot_s * (1 - noise),
+        "tpot_s_p50_high": tpot_s * (1 + noise),
+        "output_tok_s_low": tok_s * (1 - noise),
+        "output_tok_s_high": tok_s * (1 + noise),
+    }
+
+
 def failed(status="error", error="engine crashed", **kwargs):
-    return cell(status=status, error=error, tpot_ms=np.nan, tok_s=np.nan, spread=np.nan, **kwargs)
+    return cell(status=status, error=error, tpot_ms=np.nan, tok_s=np.nan, noise=np.nan, **kwargs)
 
 
 def table(*rows) -> pd.DataFrame:
@@ -65,38 +75,42 @@ def test_fastest_single_stream_most_throughput_and_the_crossover():
     assert (model.throughput.best.engine, model.throughput.best.batch_size) == ("B", 32)
     assert {b: r.best.engine for b, r in model.by_batch.items()} == {1: "A", 8: "B", 32: "B"}
     text = " ".join(model.sentences)
-    assert "Fastest single stream (lowest TPOT p50 at batch 1): A bf16, 10 ms per output token" in text
-    assert "29% less than the next, B bf16 (14 ms)" in text
-    assert "Most throughput: B bf16 at batch 32, 640 tok/s" in text
+    assert "Fastest single stream (lowest TPOT p50 at batch 1): A bf16, 10 ms [9.8-10.2 ms] per output token" in text
+    assert "29% less than the next, B bf16 (14 ms [13.7-14.3 ms]). Brackets: 95% intervals." in text
+    assert "Most throughput: B bf16 at batch 32, 640 tok/s [627-653 tok/s] of output" in text
     assert "changes with batch size: A bf16 at batch 1, B bf16 from batch 8." in text
     assert "cannot be ranked" not in text
 
 
-def test_a_gap_within_the_spread_cannot_be_ranked():
+def test_overlapping_intervals_cannot_be_ranked():
     noisy = table(
-        cell("A", tpot_ms=10.0, tok_s=100, spread=0.10),
-        cell("B", tpot_ms=10.5, tok_s=96, spread=0.10),
+        cell("A", tpot_ms=10.0, tok_s=100, noise=0.10),
+        cell("B", tpot_ms=10.5, tok_s=96, noise=0.10),
     )
     (model,) = verdict(noisy).models
     assert not model.latency.decisive and [c.engine for c in model.latency.tied] == ["B"]
     assert not model.throughput.decisive
     text = " ".join(model.sentences)
-    assert "cannot be ranked between A bf16 (10 ms) and B bf16 (10.5 ms)" in text
+    assert "cannot be ranked between A bf16 (10 ms [9-11 ms]) and B bf16 (10.5 ms [9.45-11.6 ms])" in text
+    assert "their 95% intervals overlap" in text
     assert "Fastest single stream (lowest" not in text  # no winner is named
     (warning,) = noise_warnings(noisy)
     assert (warning.a.engine, warning.b.engine) == ("A", "B") and "cannot be ranked" in warning.text
 
-    # The same gap with a small spread is a ranking.
-    quiet = noisy.assign(output_tok_s_spread=0.01)
+    # The same gap with narrow intervals (A's wholly below B's) is a ranking.
+    quiet = table(
+        cell("A", tpot_ms=10.0, tok_s=100, noise=0.01),
+        cell("B", tpot_ms=10.5, tok_s=96, noise=0.01),
+    )
     (model,) = verdict(quiet).models
     assert model.latency.decisive and model.latency.best.engine == "A"
     assert model.throughput.decisive and model.throughput.best.engine == "A"
     assert noise_warnings(quiet) == []
 
 
-def test_the_larger_spread_of_the_two_decides():
-    # 5% apart; A is quiet (1%) but B is noisy (8%): they cannot be ranked.
-    cells = table(cell("A", tok_s=105, spread=0.01), cell("B", tok_s=100, spread=0.08))
+def test_one_wide_interval_is_enough_to_prevent_a_ranking():
+    # 5% apart; A is quiet (1%) but B is noisy (8%): their intervals overlap.
+    cells = table(cell("A", tok_s=105, noise=0.01), cell("B", tok_s=100, noise=0.08))
     (model,) = verdict(cells).models
     assert not model.throughput.decisive
 
@@ -178,8 +192,8 @@ def test_a_tie_at_one_batch_size_breaks_the_run_of_winners():
     cells = table(
         cell("A", batch=1, tpot_ms=10, tok_s=100),
         cell("B", batch=1, tpot_ms=15, tok_s=66),
-        cell("A", batch=4, tpot_ms=12, tok_s=330, spread=0.2),
-        cell("B", batch=4, tpot_ms=12.5, tok_s=320, spread=0.2),
+        cell("A", batch=4, tpot_ms=12, tok_s=330, noise=0.2),
+        cell("B", batch=4, tpot_ms=12.5, tok_s=320, noise=0.2),
         cell("A", batch=16, tpot_ms=30, tok_s=530),
         cell("B", batch=16, tpot_ms=20, tok_s=800),
     )
@@ -191,7 +205,7 @@ def test_a_tie_at_one_batch_size_breaks_the_run_of_winners():
 
 
 def test_one_repeat_ranks_but_says_the_noise_is_unknown():
-    cells = table(cell("A", tpot_ms=10, tok_s=100, spread=np.nan), cell("B", tpot_ms=10.2, tok_s=98, spread=np.nan))
+    cells = table(cell("A", tpot_ms=10, tok_s=100, noise=np.nan), cell("B", tpot_ms=10.2, tok_s=98, noise=np.nan))
     (model,) = verdict(cells).models
     assert model.latency.decisive and not model.latency.noise_known
     assert "Only one repeat ran, so run-to-run noise is unknown" in model.sentences[0]
@@ -512,7 +526,7 @@ def test_python_m_pipeline_report_runs(tmp_path):
     assert "Fastest single stream (lowest TPOT p50 at batch 1): A bf16" in (tmp_path / "out/index.html").read_text()
 
 
-def _precision_cells(tpot_bf16: float, spread: float = 0.02) -> pd.DataFrame:
+def _precision_cells(tpot_bf16: float, noise: float = 0.02) -> pd.DataFrame:
     rows = [
         {
             "cell_id": f"hf/m/{p}/bs1",
@@ -523,7 +537,7 @@ def _precision_cells(tpot_bf16: float, spread: float = 0.02) -> pd.DataFrame:
             "status": "ok",
             "tpot_s_p50": t,
             "output_tok_s": 1 / t,
-            "output_tok_s_spread": spread,
+            **intervals(t, 1 / t, noise),
             "bytes_per_step": b,
         }
         for p, t, b in (("fp32", 0.040, 4e8), ("bf16", tpot_bf16, 2e8))
@@ -538,6 +552,6 @@ def test_precision_sentence_states_the_bandwidth_argument_only_when_the_data_doe
     assert "bf16 reads 2.0x fewer bytes per decode step than fp32 and its TPOT is 1.6x lower" in faster
     (slower,) = precision_sentences(_precision_cells(0.060))
     assert "yet its TPOT is 1.5x higher" in slower
-    (tied,) = precision_sentences(_precision_cells(0.039, spread=0.05))
+    (tied,) = precision_sentences(_precision_cells(0.039, noise=0.05))
     assert "cannot be told apart" in tied
     assert precision_sentences(_precision_cells(0.025).drop(columns="bytes_per_step")) == []

@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 import re
 
+from pipeline.report.tables import NOISE_HEADERS
+
 # Characters that Markdown would read as formatting, links or table structure.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]{}|#~!])")
 
@@ -76,14 +78,19 @@ def _failures(context: dict) -> list[str]:
 
 
 def _noise(context: dict) -> list[str]:
-    parts = ["## Noise", "", f"Repeats per cell: {md_escape(context['repeats'])}.", ""]
+    parts = [
+        "## Noise",
+        "",
+        f"Repeats setting: {md_escape(context['repeats'])}. {md_escape(context['noise_rule'])}",
+        "",
+    ]
     if context["noise_warnings"]:
         parts += [bullets(context["noise_warnings"]), ""]
     elif context["noise_unknown"]:
         parts += ["Only one repeat ran: run-to-run noise is unknown.", ""]
-    rows = [[r["cell_id"], r["repeats"], r["per_repeat"], r["spread"]] for r in context["noise_rows"]]
+    rows = [[r[key] for _, key in NOISE_HEADERS] for r in context["noise_rows"]]
     if rows:
-        parts += [table(["cell", "repeats", "output tok/s per repeat", "spread"], rows), ""]
+        parts += [table([header for header, _ in NOISE_HEADERS], rows), ""]
     return parts
 
 

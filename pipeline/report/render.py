@@ -21,12 +21,15 @@ import pandas as pd
 from pipeline.report.markdown import render_markdown
 from pipeline.report.plots import all_plots
 from pipeline.report.tables import (
+    NOISE_HEADERS,
+    NOISE_RULE,
     cell_columns,
     cell_rows,
     environment_rows,
     failure_rows,
     flagged_rows,
     noise_rows,
+    starts_note,
 )
 from pipeline.report.verdict import noise_warnings, verdict
 from pipeline.results.schema import LEAD_COLUMNS
@@ -62,8 +65,8 @@ def build_context(cells: pd.DataFrame, requests: pd.DataFrame, matrix_name: str,
     """Everything both renderings show, computed once."""
     columns = cell_columns(cells)
     ok = cells[cells["status"] == "ok"]
-    spreads = ok["output_tok_s_spread"] if "output_tok_s_spread" in ok else pd.Series(dtype=float)
-    repeats = sorted({int(r) for r in cells.get("repeats", pd.Series(dtype=float)).dropna()})
+    spreads = ok["tpot_s_p50_spread"] if "tpot_s_p50_spread" in ok else pd.Series(dtype=float)
+    repeats = sorted({str(r) for r in cells.get("repeats", pd.Series(dtype=object)).dropna()})  # the setting
     return {
         "title": f"llm-infer-bench report: {matrix_name}",
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -76,10 +79,12 @@ def build_context(cells: pd.DataFrame, requests: pd.DataFrame, matrix_name: str,
         "rows": cell_rows(cells, columns),
         "failures": failure_rows(cells),
         "flagged": flagged_rows(cells),
-        "repeats": ", ".join(map(str, repeats)) or "an unknown number of",
+        "repeats": ", ".join(repeats) or "unknown",
         "noise_warnings": [w.text for w in noise_warnings(cells)],
         "noise_unknown": not ok.empty and spreads.isna().all(),
         "noise_rows": noise_rows(cells),
+        "noise_headers": NOISE_HEADERS,
+        "noise_rule": NOISE_RULE + starts_note(ok),
         "environment": environment_rows(cells),
         "matrix_name": matrix_name,
         "matrix_text": matrix_text,

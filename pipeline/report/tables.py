@@ -63,7 +63,8 @@ CELL_COLUMNS = [
     Column("E2E p99 ms", "e2e_s_p99", milliseconds),
     Column("output tok/s", "output_tok_s", number),
     Column("ms / 10 words", "ms_per_10_words", number),
-    Column("spread", "output_tok_s_spread", percent),
+    Column("TPOT p50 95% interval ms", "tpot_s_p50_interval", text, numeric=False),
+    Column("repeats", "repeats_kept", integer),
 ]
 # Shown only where cells.csv has them with at least one value (a CPU has no datasheet peak, for one).
 ROOFLINE_COLUMNS = [
@@ -112,6 +113,7 @@ def cell_rows(cells: pd.DataFrame, columns: list[Column]) -> list[TableRow]:
     rows = []
     for _, row in cells.iterrows():
         row["status_label"] = status_label(row)
+        row["tpot_s_p50_interval"] = interval_text(row, "tpot_s_p50", milliseconds)
         rows.append(
             TableRow(
                 cell_id=text(row.get("cell_id")),
@@ -150,20 +152,76 @@ def _repeat_values(raw) -> list[float]:
     return [float(v) for v in values if as_number(v) is not None]
 
 
+def interval_text(row, name: str, show) -> str:
+    """'23.1-23.8' from <name>_low and <name>_high; a dash where unknown."""
+    low, high = as_number(row.get(f"{name}_low")), as_number(row.get(f"{name}_high"))
+    return MISSING if low is None or high is None else f"{show(low)}-{show(high)}"
+
+
 def noise_rows(cells: pd.DataFrame) -> list[dict]:
+    """Per cell: how the measurement settled, the per-repeat figures and intervals, the host's noise."""
     ok = cells[cells["status"] == "ok"]
     rows = []
     for _, row in ok.iterrows():
-        repeats = _repeat_values(row.get("output_tok_s_repeats"))
+        tpots = _repeat_values(row.get("tpot_s_p50_repeats"))
+        throughputs = _repeat_values(row.get("output_tok_s_repeats"))
+        discarded = as_number(row.get("repeats_discarded"))
+        steady = row.get("warmup_steady")
         rows.append(
             {
                 "cell_id": text(row["cell_id"]),
-                "repeats": str(len(repeats)) if repeats else integer(row.get("repeats")),
-                "per_repeat": ", ".join(f"{v:.3g}" for v in repeats) or MISSING,
-                "spread": percent(row.get("output_tok_s_spread")),
+                "warmup": integer(row.get("warmup_rounds"))
+                + ("" if str(steady).lower() != "false" else " (not steady)"),
+                "repeats": (str(len(tpots)) if tpots else integer(row.get("repeats_kept")))
+                + (f" (+{int(discarded)} discarded)" if discarded else "")
+                + (f", {row['repeats_stop']}" if isinstance(row.get("repeats_stop"), str) else ""),
+                "tpot_per_repeat": ", ".join(significant(v * 1000) for v in tpots) or MISSING,
+                "tpot_interval": interval_text(row, "tpot_s_p50", milliseconds),
+                "per_repeat": ", ".join(f"{v:.3g}" for v in throughputs) or MISSING,
+                "throughput_interval": interval_text(row, "output_tok_s", number),
+                "steal": percent(row.get("host_steal_share")),
+                "others": percent(row.get("host_other_busy_share")),
+                "load": number(row.get("host_load_1m")),
             }
         )
     return rows
+
+
+NOISE_RULE = (
+    "Warm-up runs until two rounds in a row agree on step time (within workload.steady_tolerance); a first "
+    "repeat outside the others' range is discarded and run again. Each headline figure has a 95% interval "
+    "(a two-level bootstrap over repeats and the requests within them, widened for few repeats), and two "
+    "configurations are ranked only when their intervals do not overlap."
+)
+
+
+def starts_note(ok: pd.DataFrame) -> str:
+    """How many engine processes the intervals cover, and what one alone cannot show."""
+    starts = sorted({int(v) for v in ok.get("instance_starts", pd.Series(dtype=float)).dropna()})
+    if not starts:
+        return ""
+    if starts == [1]:
+        return (
+            " Each configuration was measured by one engine process, so the intervals cover the noise within "
+            "a process only: on a shared host a fresh process of the same configuration can differ more "
+            "(workload.instance_starts measures several)."
+        )
+    counts = ", ".join(map(str, starts))
+    return f" Each configuration was measured by {counts} fresh engine processes, the top level of its intervals."
+
+
+NOISE_HEADERS = [
+    ("cell", "cell_id"),
+    ("warm-up rounds", "warmup"),
+    ("repeats", "repeats"),
+    ("TPOT p50 ms per repeat", "tpot_per_repeat"),
+    ("TPOT p50 95% interval ms", "tpot_interval"),
+    ("output tok/s per repeat", "per_repeat"),
+    ("output tok/s 95% interval", "throughput_interval"),
+    ("CPU stolen", "steal"),
+    ("CPU used by others", "others"),
+    ("load (1 min)", "load"),
+]
 
 
 def _distinct(cells: pd.DataFrame, column: str) -> str:

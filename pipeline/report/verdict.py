@@ -1,9 +1,8 @@
 """The report's verdict, in plain words, from cells.csv alone (pure functions: a DataFrame in, words out).
 
-Candidates are compared within one model (comparing a 4M model with a 7B one says nothing).
-A ranking is only claimed when the gap exceeds the noise: each cell's run-to-run spread of
-throughput, (max - min) / median over repeats, is taken as its relative noise, for TPOT too
-(at a fixed batch size throughput and TPOT move together; TPOT has no per-repeat figure).
+Candidates are compared within one model, and a ranking is only claimed when the 95%
+intervals separate (pipeline.report.ranking states the rule); every figure ranked is shown
+with its interval.
 """
 
 from __future__ import annotations
@@ -14,50 +13,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pipeline.analysis.metrics import as_number
+from pipeline.report.ranking import LATENCY, THROUGHPUT, Candidate, Ranking, candidates, indistinguishable, rank
 
-LATENCY, THROUGHPUT = "tpot_s_p50", "output_tok_s"
 ROOFLINE_FLAG = "roofline_flag"
 FLAGS_NAMED = 5  # the verdict names this many flagged cells; the table lists them all
-
-
-@dataclass(frozen=True)
-class Candidate:
-    cell_id: str
-    engine: str
-    precision: str
-    batch_size: int
-    value: float
-    spread: float | None  # relative run-to-run noise; None when only one repeat ran
-
-    @property
-    def config(self) -> str:
-        return f"{self.engine} {self.precision}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.config} at batch {self.batch_size}"
-
-    @property
-    def noise(self) -> float | None:
-        return None if self.spread is None else self.spread * self.value
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """The best candidate, those it cannot be told apart from, and the first it clearly beats."""
-
-    best: Candidate
-    tied: tuple[Candidate, ...] = ()
-    runner_up: Candidate | None = None
-    noise_known: bool = True
-
-    @property
-    def decisive(self) -> bool:
-        return not self.tied
-
-    @property
-    def contested(self) -> bool:
-        return bool(self.tied) or self.runner_up is not None
 
 
 @dataclass
@@ -84,45 +43,6 @@ def flag_text(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(value).strip()
-
-
-def within_noise(a: Candidate, b: Candidate) -> bool | None:
-    """True when a and b differ by no more than the larger of their noises; None when neither noise is known."""
-    noises = [n for n in (a.noise, b.noise) if n is not None]
-    if not noises:
-        return None
-    return abs(a.value - b.value) <= max(noises)
-
-
-def candidates(cells: pd.DataFrame, metric: str) -> list[Candidate]:
-    ok = cells[cells["status"] == "ok"]
-    found = []
-    for row in ok.itertuples(index=False):
-        value = as_number(getattr(row, metric, None))
-        if value is None:
-            continue
-        found.append(
-            Candidate(
-                cell_id=str(row.cell_id),
-                engine=str(row.engine),
-                precision=str(row.precision),
-                batch_size=int(row.batch_size),
-                value=value,
-                spread=as_number(getattr(row, "output_tok_s_spread", None)),
-            )
-        )
-    return found
-
-
-def rank(found: list[Candidate], lower_is_better: bool) -> Ranking | None:
-    if not found:
-        return None
-    ordered = sorted(found, key=lambda c: (c.value if lower_is_better else -c.value, c.cell_id))
-    best, rest = ordered[0], ordered[1:]
-    verdicts = [within_noise(best, other) for other in rest]
-    tied = tuple(other for other, same in zip(rest, verdicts, strict=True) if same)
-    runner_up = next((other for other, same in zip(rest, verdicts, strict=True) if not same), None)
-    return Ranking(best, tied, runner_up, noise_known=all(v is not None for v in verdicts))
 
 
 def significant(value: float) -> str:
@@ -152,15 +72,28 @@ def _unknown_noise_note(ranking: Ranking) -> str:
     return " Only one repeat ran, so run-to-run noise is unknown and this ranking is unchecked."
 
 
+INTERVALS_NOTE = " Brackets: 95% intervals."
+
+
+def with_interval(candidate: Candidate, show) -> str:
+    """'23.4 ms [23.1-23.8 ms]': a value with its 95% interval, where known."""
+    if not candidate.interval_known:
+        return show(candidate.value)
+    return f"{show(candidate.value)} [{show(candidate.low).split()[0]}-{show(candidate.high)}]"
+
+
+def _intervals_note(*shown: Candidate) -> str:
+    return INTERVALS_NOTE if any(c.interval_known for c in shown) else ""
+
+
 def _tie_clause(ranking: Ranking, show, name) -> str:
     group = (ranking.best, *ranking.tied)
-    names = _and([f"{name(c)} ({show(c.value)})" for c in group])
+    names = _and([f"{name(c)} ({with_interval(c, show)})" for c in group])
     gap = abs(ranking.tied[-1].value - ranking.best.value) / ranking.best.value
-    noise = max(c.noise or 0.0 for c in group) / ranking.best.value
     return (
         f"cannot be ranked between {names}: they differ by {_percent(gap, 1)}, "
-        f"less than their run-to-run spread (up to {_percent(noise, 1)})."
-    )
+        "but their 95% intervals overlap, so at this noise they cannot be told apart."
+    ) + _intervals_note(*group)
 
 
 def _roofline_note(cells: pd.DataFrame, cell_id: str) -> str:
@@ -170,8 +103,11 @@ def _roofline_note(cells: pd.DataFrame, cell_id: str) -> str:
     parts = []
     for column, against in (("mbu_measured", "the measured"), ("mbu", "the datasheet")):
         mbu = as_number(row.get(column))
-        if mbu is not None:
-            parts.append(f"{_percent(mbu)} of {against} peak")
+        if mbu is None:
+            continue
+        low, high = as_number(row.get(f"{column}_low")), as_number(row.get(f"{column}_high"))
+        shown = f"{_percent(mbu)} [{_percent(low)[:-1]}-{_percent(high)}]" if low and high else _percent(mbu)
+        parts.append(f"{shown} of {against} peak")
     return f" Memory bandwidth utilization: {', '.join(parts)}." if parts else ""
 
 
@@ -209,9 +145,10 @@ def latency_sentence(ranking: Ranking | None, cells: pd.DataFrame) -> str:
     elif ranking.decisive:
         other = ranking.runner_up
         text = (
-            f"Fastest single stream (lowest TPOT p50 at batch 1): {best.config}, {_ms(best.value)} per output token, "
-            f"{_percent(1 - best.value / other.value)} less than the next, {other.config} ({_ms(other.value)})."
-        )
+            f"Fastest single stream (lowest TPOT p50 at batch 1): {best.config}, {with_interval(best, _ms)} per "
+            f"output token, {_percent(1 - best.value / other.value)} less than the next, {other.config} "
+            f"({with_interval(other, _ms)})."
+        ) + _intervals_note(best, other)
     else:
         text = "Fastest single stream (TPOT p50 at batch 1) " + _tie_clause(ranking, _ms, lambda c: c.config)
     # The roofline figures describe the winner: with a tie there is none.
@@ -228,9 +165,10 @@ def throughput_sentence(ranking: Ranking | None) -> str | None:
     elif ranking.decisive:
         other = ranking.runner_up
         text = (
-            f"Most throughput: {best.label}, {_tok_s(best.value)} of output, "
-            f"{_percent(best.value / other.value - 1)} more than the next, {other.label} ({_tok_s(other.value)})."
-        )
+            f"Most throughput: {best.label}, {with_interval(best, _tok_s)} of output, "
+            f"{_percent(best.value / other.value - 1)} more than the next, {other.label} "
+            f"({with_interval(other, _tok_s)})."
+        ) + _intervals_note(best, other)
     else:
         text = "Most throughput " + _tie_clause(ranking, _tok_s, lambda c: c.label)
     return text + _unknown_noise_note(ranking)
@@ -250,7 +188,10 @@ def batch_sentence(by_batch: dict[int, Ranking]) -> str | None:
         return None
     winners = {r.best.config for r in contested.values() if r.decisive}
     if not winners:
-        return "At no batch size can the configurations be ranked by TPOT p50: they differ by less than their spread."
+        return (
+            "At no batch size can the configurations be ranked by TPOT p50: their 95% intervals overlap, "
+            "so at this noise they cannot be told apart."
+        )
     if len(winners) == 1 and all(r.decisive for r in contested.values()):
         batches = ", ".join(map(str, contested))
         return f"{winners.pop()} has the lowest TPOT p50 at every batch size compared ({batches})."
@@ -305,13 +246,14 @@ def precision_sentences(cells: pd.DataFrame) -> list[str]:
         narrow = group.loc[group["bytes_per_step"].idxmin()]
         fewer = wide["bytes_per_step"] / narrow["bytes_per_step"]
         speedup = wide[LATENCY] / narrow[LATENCY]
-        noise = max(as_number(wide.get("output_tok_s_spread")) or 0, as_number(narrow.get("output_tok_s_spread")) or 0)
+        pair = {c.cell_id: c for c in candidates(group, LATENCY)}
+        same = indistinguishable(pair[wide["cell_id"]], pair[narrow["cell_id"]])
         head = (
             f"Precision ({engine}, batch 1): {narrow['precision']} reads {fewer:.1f}x fewer bytes per decode step "
             f"than {wide['precision']}"
         )
-        if abs(speedup - 1) <= noise:
-            sentences.append(f"{head}, but their TPOT cannot be told apart (within the run-to-run spread).")
+        if same:
+            sentences.append(f"{head}, but their TPOT cannot be told apart (their 95% intervals overlap).")
         elif speedup > 1:
             sentences.append(
                 f"{head} and its TPOT is {speedup:.1f}x lower: decode moves bytes, fewer bytes are faster."
@@ -400,19 +342,19 @@ class NoiseWarning:
     def text(self) -> str:
         gap = abs(self.a.value - self.b.value) / max(self.a.value, self.b.value)
         return (
-            f"{self.model}, batch {self.batch_size}: {self.a.config} ({_tok_s(self.a.value)}) and "
-            f"{self.b.config} ({_tok_s(self.b.value)}) differ by {_percent(gap)}, less than their spread: "
-            "they cannot be ranked."
+            f"{self.model}, batch {self.batch_size}: {self.a.config} ({with_interval(self.a, _tok_s)}) and "
+            f"{self.b.config} ({with_interval(self.b, _tok_s)}) differ by {_percent(gap)}, but their 95% intervals "
+            "overlap: they cannot be ranked."
         )
 
 
 def noise_warnings(cells: pd.DataFrame) -> list[NoiseWarning]:
-    """Neighbours in throughput order, per model and batch size, whose gap is within the noise."""
+    """Neighbours in throughput order, per model and batch size, that cannot be told apart."""
     warnings = []
     for (model, batch), group in cells.groupby(["model", "batch_size"], sort=True):
         ordered = sorted(candidates(group, THROUGHPUT), key=lambda c: -c.value)
         for a, b in zip(ordered, ordered[1:], strict=False):
-            if within_noise(a, b):
+            if indistinguishable(a, b):
                 warnings.append(NoiseWarning(str(model), int(batch), a, b))
     return warnings
 
