@@ -14,7 +14,9 @@ The rules, stated once (README, "What the numbers mean"):
   than repeats inside one. With few units at the top level a percentile bootstrap is too
   narrow (it cannot see more variation than the few it has), so the half-widths are widened
   by the small-sample factor t(0.975, k-1) / z(0.975) for k top-level units (k >= 2), the
-  same factor a t-interval over their means would use. tests/test_stats.py measures the coverage.
+  same factor a t-interval over their means would use; for positive figures on the log
+  scale, so that a wide interval never reaches below zero (two repeats widen 6.5x).
+  tests/test_stats.py measures the coverage.
 - **Steady warm-up**: warm-up rounds go on until the last two rounds' step times agree
   within `tolerance` (relative to the smaller), or the cap is reached.
 - **First-repeat outlier**: with at least three repeats, the first is an outlier when it lies
@@ -150,10 +152,14 @@ def ratio_interval(
 
 
 def _widened(estimate: float, draws: np.ndarray, groups: int) -> tuple[float, float, float]:
+    """The percentile interval, its half-widths scaled by the small-sample factor; for positive
+    figures (times, throughputs) on the log scale, so that a wide interval stays above zero."""
     tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
+    low, high = (float(v) for v in np.percentile(draws, [tail, 100 - tail]))
     factor = small_sample_factor(groups)
-    return estimate, float(estimate - (estimate - low) * factor), float(estimate + (high - estimate) * factor)
+    if estimate > 0 and low > 0:
+        return estimate, estimate * (low / estimate) ** factor, estimate * (high / estimate) ** factor
+    return estimate, estimate - (estimate - low) * factor, estimate + (high - estimate) * factor
 
 
 def relative_half_width(interval: tuple[float, float, float] | None) -> float | None:

@@ -50,9 +50,15 @@ def test_a_plain_bootstrap_of_few_drifting_repeats_would_be_too_narrow():
         groups = [np.exp(d + rng.normal(0, 0.02, 8)) for d in rng.normal(0, 0.1, 3)]
         estimate, low, high = stats.bootstrap_interval(groups, resamples=1000, seed=trial)
         factor = stats.small_sample_factor(3)
-        low, high = estimate - (estimate - low) / factor, estimate + (high - estimate) / factor
+        low, high = estimate * (low / estimate) ** (1 / factor), estimate * (high / estimate) ** (1 / factor)
         hits += low <= 1.0 <= high
     assert hits / TRIALS < 0.85
+
+
+def test_a_wide_interval_of_a_positive_figure_stays_above_zero():
+    # Two repeats far apart: the widening (6.5x for two) must not produce a negative TPOT.
+    estimate, low, high = stats.bootstrap_interval([[0.004, 0.0041], [0.009, 0.0095]])
+    assert 0 < low < estimate < high
 
 
 def test_ratio_interval_of_throughput_over_repeats():
