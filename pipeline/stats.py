@@ -92,18 +92,31 @@ def bootstrap_interval(
 
 
 def _nested_draws(nested: list[list[np.ndarray]], percentile: float, resamples: int, seed: int) -> np.ndarray:
-    """Three-level draws: clusters, groups within each, values within each group."""
+    """Three-level draws: clusters, groups within each, values within each group. Padded like
+    the two-level case: positions past a cluster's groups or a group's values draw inf, which
+    sorts last and is not counted."""
+    c_count, g_max = len(nested), max(len(groups) for groups in nested)
+    v_max = max(len(values) for groups in nested for values in groups)
+    padded = np.full((c_count, g_max, v_max), np.inf)
+    lengths = np.zeros((c_count, g_max), dtype=int)
+    for c, groups in enumerate(nested):
+        for g, values in enumerate(groups):
+            padded[c, g, : len(values)], lengths[c, g] = values, len(values)
+    group_counts = (lengths > 0).sum(axis=1)
     rng = np.random.default_rng(seed)
-    draws = np.empty(resamples)
-    for b in range(resamples):
-        parts = []
-        for c in rng.integers(0, len(nested), size=len(nested)):
-            groups = nested[c]
-            for g in rng.integers(0, len(groups), size=len(groups)):
-                values = groups[g]
-                parts.append(values[rng.integers(0, len(values), size=len(values))])
-        draws[b] = np.percentile(np.concatenate(parts), percentile)
-    return draws
+    draws = []
+    chunk = max(1, int(4e6 // padded.size))
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        clusters = rng.integers(0, c_count, size=(b, c_count))
+        groups_here = group_counts[clusters][..., None]  # (b, C, 1)
+        groups = (rng.random((b, c_count, g_max)) * groups_here).astype(int)
+        sizes = lengths[clusters[..., None], groups] * (np.arange(g_max) < groups_here)  # 0 past the groups
+        picks = (rng.random((b, c_count, g_max, v_max)) * sizes[..., None]).astype(int)
+        values = padded[clusters[..., None, None], groups[..., None], picks]
+        values = np.where(np.arange(v_max) < sizes[..., None], values, np.inf).reshape(b, -1)
+        draws.append(_row_percentiles(np.sort(values, axis=1), sizes.sum(axis=(1, 2)), percentile))
+    return np.concatenate(draws)
 
 
 def _row_percentiles(rows: np.ndarray, counts: np.ndarray, percentile: float) -> np.ndarray:
@@ -132,16 +145,16 @@ def ratio_interval(
     labels = sorted(set(clusters)) if clusters is not None else [0]
     if len(labels) > 1:
         members = [np.flatnonzero(np.asarray(clusters) == label) for label in labels]
+        counts = np.array([len(m) for m in members])
+        padded = np.zeros((len(labels), counts.max()), dtype=int)
+        for c, m in enumerate(members):
+            padded[c, : len(m)] = m
         rng = np.random.default_rng(seed)
-        draws = np.empty(resamples)
-        for b in range(resamples):
-            index = np.concatenate(
-                [
-                    members[c][rng.integers(0, len(members[c]), size=len(members[c]))]
-                    for c in rng.integers(0, len(labels), size=len(labels))
-                ]
-            )
-            draws[b] = num[index].sum() / den[index].sum()
+        chosen = rng.integers(0, len(labels), size=(resamples, len(labels)))
+        sizes = counts[chosen][..., None]
+        picks = padded[chosen[..., None], (rng.random((resamples, len(labels), counts.max())) * sizes).astype(int)]
+        used = np.arange(counts.max()) < sizes  # positions past a start's repeats count nothing
+        draws = (num[picks] * used).sum(axis=(1, 2)) / (den[picks] * used).sum(axis=(1, 2))
         return _widened(estimate, draws, len(labels))
     if len(num) == 1:
         return estimate, math.nan, math.nan

@@ -236,3 +236,31 @@ def test_hardware_comparison_for_mistral_7b_bf16_a100_vs_rtx_4090(capsys):
     assert a100["intensity_batch1_flops_per_byte"] == pytest.approx(flops / step_bytes, rel=1e-9)
     assert a100["bound_batch1"] == rtx["bound_batch1"] == "bandwidth"
     assert why.startswith("a100-80g is 2.02x faster for batch-1 decode") and "only memory bandwidth counts" in why
+
+
+def test_a_model_that_fits_in_the_cpu_cache_is_not_flagged_for_beating_the_memory_probe():
+    cell = cfg("model=tiny-llama", "precision=fp32")
+    entry = HardwareConfig(name="test", kind="cpu")
+    probes = [{"bandwidth_gbs": 20}]
+    floor = cell_roofline(cell, entry, cell_probes=probes)["tpot_floor_measured_s"]
+    bytes_per_step = cell_roofline(cell, entry)["bytes_per_step"]
+    fast = {"tpot_s": floor / 1.3, "cell_probes": probes, "tpot_interval": (floor / 1.4, floor / 1.2)}
+    cached = cell_roofline(cell, entry, cache_bytes=bytes_per_step + 1, **fast)
+    assert cached["fits_in_cache"] is True and cached["mbu_measured_low"] > 1 and cached["roofline_flag"] == ""
+    in_memory = cell_roofline(cell, entry, cache_bytes=bytes_per_step - 1, **fast)
+    assert in_memory["fits_in_cache"] is False and "exceeds 1.0" in in_memory["roofline_flag"]
+    on_a_gpu = cell_roofline(cell, entry, **fast)  # no CPU cache is passed for a GPU cell
+    assert on_a_gpu["fits_in_cache"] is None and "exceeds 1.0" in on_a_gpu["roofline_flag"]
+
+
+def test_the_last_level_cache_is_read_from_sysfs(tmp_path):
+    from pipeline.run.provenance import last_level_cache_bytes
+
+    for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"), (3, "Unified", "300M")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "size").write_text(f"{size}\n")
+    assert last_level_cache_bytes(tmp_path) == 300 << 20
+    assert last_level_cache_bytes(tmp_path / "missing") is None

@@ -74,6 +74,15 @@ def test_every_cell_becomes_a_row(first_run):
     assert json.loads((workdir / "results/wf/tracking.done").read_text())["logged"] == 6
 
 
+def test_the_probe_after_one_batch_size_is_the_probe_before_the_next(first_run):
+    workdir, _, _ = first_run
+    results = workdir / "results/wf"
+    first, second = (summary(results, f"hf/tiny-llama/fp32/bs{b}")["cell_probes"] for b in (1, 3))
+    assert len(first) == len(second) == 2 and "after_previous_cell" not in first[0]
+    assert second[0] == {**first[1], "after_previous_cell": True}  # measured once, between the two
+    assert second[1]["measured_at"] >= second[0]["measured_at"] and "after_previous_cell" not in second[1]
+
+
 def test_requests_csv_has_one_row_per_measured_request(first_run):
     workdir, _, _ = first_run
     requests = pd.read_csv(workdir / "results/wf/requests.csv")

@@ -39,6 +39,12 @@ def read_records(requests_csv: Path) -> list[dict]:
     return records
 
 
+def _on_cpu(result: CellResult) -> bool:
+    """Whether the engine ran on the CPU (its probe's device; no GPU when it has none)."""
+    device = (result.peaks or {}).get("device")
+    return device == "cpu" if device else not (result.hardware or {}).get("gpu")
+
+
 def roofline_columns(
     result: CellResult, metrics: dict, requested: HardwareConfig, entries: list[HardwareConfig]
 ) -> dict:
@@ -58,6 +64,7 @@ def roofline_columns(
             architecture=result.architecture,
             cell_probes=result.cell_probes,
             tpot_interval=(metrics.get("tpot_s_p50_low"), metrics.get("tpot_s_p50_high")),
+            cache_bytes=(result.hardware or {}).get("cpu_cache_bytes") if _on_cpu(result) else None,
         )
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         why = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)

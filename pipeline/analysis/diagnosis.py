@@ -140,6 +140,8 @@ def diagnose(cells: pd.DataFrame) -> pd.DataFrame:
             scaling, ratio = float(following["tpot_s_p50"]) / tpot, following["batch_size"] / row["batch_size"]
         fixed, bandwidth = fits.get((row["engine"], row["precision"]), (None, None))
         bound, evidence = label(tpot, floor, decode_mfu, scaling, ratio, fixed, bandwidth)
+        if str(row.get("fits_in_cache")).lower() == "true":
+            evidence += "; its bytes per step fit in the CPU's last-level cache, which may serve them faster than memory"
         out.loc[index, list(COLUMNS)] = [
             bound,
             evidence,

@@ -201,6 +201,7 @@ CELL_COLUMNS: tuple[Column, ...] = (
     *_metrics("achieved_bandwidth_gbs", "mbu", "mbu_measured", "mbu_measured_low", "mbu_measured_high"),
     *_metrics("prefill_mfu", "prefill_mfu_measured"),
     *_metrics("peak_tflops", "peak_tflops_measured", "ridge_batch_size"),
+    Column("fits_in_cache", INFO),  # bytes per step <= the CPU's last-level cache: the memory roofline may not bound it
     Column("roofline_flag", INFO),
     # what bounds the cell (pipeline.analysis.diagnosis)
     Column("bound", INFO),

@@ -56,13 +56,17 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
         )
     )
 
+    last_probe: tuple[dict, float] | None = None
     while True:
         message = conn.recv()
         if not isinstance(message, RunCell):  # Stop
             break
         cell = CellConfig.from_dict(message.config)
+        probe_before, last_probe = _recent(last_probe), None
         try:
-            conn.send(measure_cell(engine, cell, progress))
+            done = measure_cell(engine, cell, progress, probe_before=probe_before)
+            last_probe = (done.probes[-1], time.monotonic()) if done.probes else None
+            conn.send(done)
         except CannotRun as exc:
             conn.send(CellUnsupported(str(exc)))
         except Exception as exc:  # an OOM at one batch size must not end the others
@@ -71,6 +75,17 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
             if not alive:
                 break
     engine.close()
+
+
+# The probe after one cell is the probe before the next when only the supervisor's message came
+# in between (batch sizes of one start are measured back to back): one probe less per cell.
+PROBE_REUSE_S = 5.0
+
+
+def _recent(last_probe: tuple[dict, float] | None) -> dict | None:
+    if last_probe is None or "error" in last_probe[0] or time.monotonic() - last_probe[1] > PROBE_REUSE_S:
+        return None
+    return {**last_probe[0], "after_previous_cell": True}
 
 
 def _peaks(engine, hardware: dict, threads: int | None, progress) -> dict:

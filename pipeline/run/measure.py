@@ -208,12 +208,14 @@ def measure_repeats(rounds: Rounds, workload, progress) -> tuple[list[dict], dic
     return all_records, summary
 
 
-def measure_cell(engine: Engine, cell: CellConfig, progress=print) -> CellDone:
+def measure_cell(engine: Engine, cell: CellConfig, progress=print, probe_before: dict | None = None) -> CellDone:
     """Records of the measured requests plus the cell's timing breakdown: the bandwidth probe,
-    warm-up until steady, the repeats, the probe again; the host's noise over the cell."""
+    warm-up until steady, the repeats, the probe again; the host's noise over the cell.
+    probe_before: the probe taken just after the previous cell, when nothing ran in between."""
     workload = cell.workload
     rounds = Rounds(engine, cell)
-    probe_before = cell_probe(engine, progress)
+    if probe_before is None:
+        probe_before = cell_probe(engine, progress)
     host_before = host_sample()
     engine.reset_peak_memory()
     prepare_s = engine.prepare(cell.batch_size, workload.input_tokens, workload.output_tokens)  # off the clock

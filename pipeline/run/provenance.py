@@ -12,6 +12,23 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parents[2]
 
 
+def last_level_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """The CPU's largest data cache (usually L3, shared by the socket), from sysfs."""
+    sizes = {}
+    for index in root.glob("index*"):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        number = int(size.rstrip("KMG"))
+        sizes[level] = number * units.get(size[-1:], 1)
+    return sizes[max(sizes)] if sizes else None
+
+
 @cache
 def git_sha() -> str:
     try:
@@ -55,6 +72,7 @@ def describe_hardware() -> dict:
     info = {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_cache_bytes": last_level_cache_bytes(),
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "gpu": None,
         "gpu_count": 0,
