@@ -256,7 +256,9 @@ def test_a_model_that_fits_in_the_cpu_cache_is_not_flagged_for_beating_the_memor
 def test_the_last_level_cache_is_read_from_sysfs(tmp_path):
     from pipeline.run.provenance import last_level_cache_bytes
 
-    for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"), (3, "Unified", "300M")]):
+    for index, (level, kind, size) in enumerate(
+        [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"), (3, "Unified", "300M")]
+    ):
         folder = tmp_path / f"index{index}"
         folder.mkdir()
         (folder / "level").write_text(f"{level}\n")

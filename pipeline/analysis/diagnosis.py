@@ -141,7 +141,9 @@ def diagnose(cells: pd.DataFrame) -> pd.DataFrame:
         fixed, bandwidth = fits.get((row["engine"], row["precision"]), (None, None))
         bound, evidence = label(tpot, floor, decode_mfu, scaling, ratio, fixed, bandwidth)
         if str(row.get("fits_in_cache")).lower() == "true":
-            evidence += "; its bytes per step fit in the CPU's last-level cache, which may serve them faster than memory"
+            evidence += (
+                "; its bytes per step fit in the CPU's last-level cache, which may serve them faster than memory"
+            )
         out.loc[index, list(COLUMNS)] = [
             bound,
             evidence,

@@ -65,10 +65,14 @@ def compare(first: pd.DataFrame, second: pd.DataFrame) -> dict:
     }
 
 
-def mbu_max(cells: pd.DataFrame) -> tuple[float | None, int]:
+def mbu_max(cells: pd.DataFrame, in_cache: bool = False) -> tuple[float | None, int]:
+    """The largest MBU against the bandwidth measured beside the cell, over the cells whose bytes
+    per step do not fit in the CPU's last-level cache (in_cache: over those that do, which may
+    read faster than memory), and how many cells were flagged."""
     ok = cells[cells.status == "ok"]
     flagged = len(flagged_cells(ok))
-    values = ok.get("mbu_measured", pd.Series(dtype=float)).dropna()
+    fits = ok["fits_in_cache"].astype(str).str.lower() == "true" if "fits_in_cache" in ok else False
+    values = ok[fits == in_cache].get("mbu_measured", pd.Series(dtype=float)).dropna()
     return (float(values.max()) if len(values) else None), flagged
 
 
@@ -89,9 +93,11 @@ def main() -> int:
             ok = cells[cells.status == "ok"]
             stops = ok["repeats_stop"].value_counts().to_dict() if "repeats_stop" in ok else {}
             high, flagged = mbu_max(cells)
+            cached = mbu_max(cells, in_cache=True)[0]
             print(
                 f"run {index}: {wall:.0f} s, {len(ok)} cells ok, repeats kept {ok['repeats_kept'].tolist()} "
-                f"(stops {stops}), max MBU vs the measured peak {high if high is None else round(high, 3)}, "
+                f"(stops {stops}), max MBU vs the measured peak {high if high is None else round(high, 3)} "
+                f"(cells that fit in the last-level cache: {cached if cached is None else round(cached, 3)}), "
                 f"{flagged} flagged"
             )
         result = compare(runs[0][1], runs[1][1])
@@ -112,7 +118,7 @@ def main() -> int:
         "no contradictions": len(result["contradictions"]) == TARGETS["contradictions"],
         "half of the clear gaps ranked in both": share is None or share >= TARGETS["ranked_share_of_clear_gaps"],
         f"each run under {TARGETS['wall_s']:.0f} s": all(wall < TARGETS["wall_s"] for wall, _ in runs),
-        "no MBU above 1.0 against the measured peak": all(
+        "no MBU above 1.0 against the measured peak (cells beyond the cache)": all(
             (mbu_max(cells)[0] or 0) <= TARGETS["mbu_measured_max"] for _, cells in runs
         ),
     }
