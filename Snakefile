@@ -15,12 +15,13 @@ sys.path.insert(0, workflow.basedir)
 
 from pipeline.plan.conf import CONF_DIR
 from pipeline.plan.schedule import load_schedule
-from pipeline.plan.snakemake_hooks import clear_stale_lock, python_command
+from pipeline.plan.snakemake_hooks import check_machine, clear_stale_lock, python_command
 
 STALE = clear_stale_lock(workflow)
 if STALE:
     print(STALE, file=sys.stderr)
 SCHEDULE = load_schedule(config, conf_dir=CONF_DIR)
+check_machine(SCHEDULE, workflow, CONF_DIR)
 RESULTS = str(SCHEDULE.results_dir)
 REPORT = f"reports/{SCHEDULE.plan.name}"
 PYTHON = python_command(workflow)

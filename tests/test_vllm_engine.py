@@ -53,4 +53,9 @@ def test_vllm_cells_time_every_request(tmp_path, models_dir):
         assert (requests.ttft_s < requests.e2e_s).all() and (requests.tpot_s > 0).all()
         assert (requests.chunks >= 2).all() and (requests.chunks <= 8).all()
         assert summary["engine_start"] == 1  # one vLLM start served both batch sizes
+        # this CPU's settings (conf/engine/vllm.yaml devices.cpu), recorded with the cell
+        assert summary["engine_device"] == "cpu"
+        args = summary["engine_args"]
+        assert args["enforce_eager"] is True and args["gpu_memory_utilization"] == 0.3
+        assert summary["engine_env"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert cell_figures(summaries[1])["output_tok_s"] > 0

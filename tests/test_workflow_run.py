@@ -144,6 +144,10 @@ def test_rerun_keeps_finished_cells_and_retries_failed_ones(first_run, models_di
             "unknown setting 'workload.output_token': workload has no 'output_token'",
         ),
         (["matrix=smoke", "workload={output_tokens: 0}"], "workload.output_tokens must be >= 2"),
+        # this machine (and CI's) has no GPU
+        (["matrix=notebook"], "asks 1 GPU(s) (--config gpus=N or the matrix's gpus:) but this machine has no GPU"),
+        (["matrix=smoke", "gpus=2"], "Ask fewer (--config gpus=0), run on a cluster"),
+        (["matrix=smoke", "hardware=h200"], "hardware=h200 is a GPU's datasheet but this machine has no GPU"),
     ],
 )
 def test_planning_errors_stop_before_any_job(tmp_path, config, message):

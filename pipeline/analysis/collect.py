@@ -40,7 +40,9 @@ def read_records(requests_csv: Path) -> list[dict]:
 
 
 def _on_cpu(result: CellResult) -> bool:
-    """Whether the engine ran on the CPU (its probe's device; no GPU when it has none)."""
+    """Whether the engine ran on the CPU: as it recorded, else its probe's device, else no GPU."""
+    if result.engine_device in ("cpu", "gpu"):
+        return result.engine_device == "cpu"
     device = (result.peaks or {}).get("device")
     return device == "cpu" if device else not (result.hardware or {}).get("gpu")
 
@@ -53,7 +55,9 @@ def roofline_columns(
         return {"roofline_missing": "the cell has no valid configuration"}
     try:
         cfg = CellConfig.from_dict(result.config)
-        entry = select_hardware(requested, result.hardware, entries)
+        # a CPU cell on a GPU machine is judged against the CPU, not the GPU's datasheet
+        detected = {**result.hardware, "gpu": None} if _on_cpu(result) else result.hardware
+        entry = select_hardware(requested, detected, entries)
         return cell_roofline(
             cfg,
             entry,
@@ -112,6 +116,9 @@ def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig,
         cpu_affinity=",".join(map(str, result.cpu_affinity)) if result.cpu_affinity else None,
         engine_version=result.engine_version,
         engine_precision=result.engine_precision,
+        engine_device=result.engine_device,
+        engine_args=json.dumps(result.engine_args, sort_keys=True) if result.engine_args else None,
+        engine_env=json.dumps(result.engine_env, sort_keys=True) if result.engine_env else None,
         load_s=result.load_s,
         compile_s=result.compile_s,
         warmup_s=result.warmup_s,

@@ -147,17 +147,69 @@ def cell_roofline(
 # -- hardware detection ---------------------------------------------------------------
 
 
+def _device_names(device: str) -> tuple[str, str]:
+    """The detected name, spaces collapsed, with and without its "NVIDIA " (older drivers omit it)."""
+    name = " ".join(device.split())
+    return name, re.sub(r"^NVIDIA ", "", name, flags=re.IGNORECASE)
+
+
+def fits(entry: HardwareConfig, device: str) -> bool:
+    """Whether one of the entry's `match` patterns fits the device's whole name."""
+    names = _device_names(device)
+    return entry.kind == "gpu" and any(re.fullmatch(p, n, re.IGNORECASE) for p in entry.match for n in names)
+
+
+def check_requested_hardware(requested: HardwareConfig, gpus: list[str], catalog: list[HardwareConfig]) -> None:
+    """A GPU datasheet asked for by name (hardware=NAME) must be the machine's GPU, else every MBU
+    would be judged against another chip: a ConfigError that names the entry that does fit."""
+    from pipeline.config import ConfigError
+
+    if requested.kind != "gpu" or not requested.match or any(fits(requested, gpu) for gpu in gpus):
+        return
+    if not gpus:
+        raise ConfigError(
+            f"hardware={requested.name} is a GPU's datasheet but this machine has no GPU: use hardware=auto "
+            "(the CPU's measured peaks), or run where that GPU is"
+        )
+    suggestion = select_hardware(HardwareConfig(name="auto", kind="auto"), {"gpu": gpus[0]}, catalog)
+    instead = (
+        f"hardware={suggestion.name}" if not suggestion.name.startswith("unlisted") else "a new conf/hardware entry"
+    )
+    raise ConfigError(
+        f"hardware={requested.name} ({requested.source or requested.name}) does not fit this machine's GPU "
+        f"{gpus[0]!r}: use hardware=auto, or {instead}"
+    )
+
+
 def select_hardware(requested: HardwareConfig, detected: dict, catalog: list[HardwareConfig]) -> HardwareConfig:
-    """The requested entry, or for `auto` the entry whose pattern matches the detected device."""
+    """The requested entry, or for `auto` the one entry whose `match` fits the detected device's
+    whole name (conf/hardware/auto.yaml): a substring search took an H200 NVL or a GH200 for an H200."""
+    from pipeline.config import ConfigError
+
     if requested.kind != "auto":
         return requested
     device = detected.get("gpu")
-    if device:
-        for entry in catalog:
-            if entry.kind == "gpu" and any(re.search(p, device, re.IGNORECASE) for p in entry.match):
-                return entry
-        return HardwareConfig(name=f"unlisted: {device}", kind="gpu", source="no datasheet entry; measured only")
-    return next((e for e in catalog if e.kind == "cpu"), HardwareConfig(name="cpu", kind="cpu"))
+    if not device:
+        return next((e for e in catalog if e.kind == "cpu"), HardwareConfig(name="cpu", kind="cpu"))
+    names = _device_names(device)
+    hits = [entry for entry in catalog if fits(entry, device)]
+    if len(hits) > 1:
+        # first-listed-wins would silently judge the cell against whichever file sorts first
+        raise ConfigError(
+            f"GPU {device!r} fits the match of more than one conf/hardware entry: "
+            f"{', '.join(e.name for e in hits)}; narrow their patterns so exactly one fits"
+        )
+    if hits:
+        return hits[0]
+    pattern = re.escape(names[1]).replace("\\ ", " ").replace("\\-", "-")
+    return HardwareConfig(
+        name=f"unlisted: {device}",
+        kind="gpu",
+        source=(
+            f"no conf/hardware entry matches {device!r}: measured peaks only. To judge it against its datasheet, "
+            f"add conf/hardware/NAME.yaml (kind: gpu, match: ['{pattern}'], its dense figures) or pass hardware=NAME"
+        ),
+    )
 
 
 def compare_hardware(cfg: CellConfig, entries: list[HardwareConfig]) -> tuple[list[dict], str]:

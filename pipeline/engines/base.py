@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pipeline.config import CellConfig, EngineConfig
+from pipeline.config import CellConfig, DeviceSettings, EngineConfig
 
 
 class EngineUnavailable(RuntimeError):
@@ -68,6 +69,29 @@ class Engine(ABC):
         self.max_batch_size = max_batch_size
         self.threads = threads
         self.args: dict = {}  # what load() really started the engine with (recorded with every cell)
+        self.device_kind: str | None = None  # cpu | gpu, chosen by select_device() before load()
+        self.device_settings: DeviceSettings = cfg.engine.settings_for(None)  # the user's alone, until chosen
+
+    def resolve_device_kind(self) -> str | None:
+        """cpu or gpu for engine.device on this machine (None: the engine computes elsewhere).
+        Adapters whose library decides what is usable (torch's CUDA build, llama.cpp's) override it."""
+        from pipeline.engines.device import plain_device_kind
+
+        return plain_device_kind(self.cfg.engine.device)
+
+    def select_device(self) -> None:
+        """Choose the device and its settings (engine.devices), before the library is imported:
+        their environment variables must be set by then. A default never replaces a variable the
+        user set in the environment; engine.server.env does (it is the user's too)."""
+        self.device_kind = self.resolve_device_kind()
+        self.device_settings = self.cfg.engine.settings_for(self.device_kind)
+        server = self.cfg.engine.server
+        chosen = server.env if server is not None else {}
+        for key, value in self.device_settings.env.items():
+            if key in chosen:
+                os.environ[key] = str(value)
+            else:
+                os.environ.setdefault(key, str(value))
 
     def require(self):
         """Import the engine's library (engine.import_name), or say which environment provides it."""
@@ -133,13 +157,28 @@ class Engine(ABC):
         """(torch device, torch dtype) on which to measure the machine's peaks, or None."""
         return None
 
+    def memory_root_pid(self) -> int:
+        """The process whose tree holds the engine's memory (a server's own process for servers)."""
+        return os.getpid()
+
     def reset_peak_memory(self) -> None:
+        """Start measuring the cell's peak memory: on a GPU device memory (NVML, sampled over
+        the engine's process tree: pipeline.run.device_memory), on a CPU resident memory."""
+        if self.device_kind == "gpu":
+            from pipeline.run.device_memory import DeviceMemorySampler
+
+            self._device_memory = DeviceMemorySampler.start_for(self.memory_root_pid())
+            return
         from pipeline.run.memory import reset_peak_rss
 
         reset_peak_rss()
 
     def peak_memory(self) -> tuple[int | None, str]:
-        """(bytes, what was measured): resident memory on a CPU, device memory on a GPU."""
+        """(bytes, what was measured): rss on a CPU; nvml_process / nvml_device on a GPU, or
+        (None, "unmeasured") where NVML is not available."""
+        if self.device_kind == "gpu":
+            sampler = getattr(self, "_device_memory", None)
+            return sampler.stop() if sampler is not None else (None, "unmeasured")
         from pipeline.run.memory import peak_rss_bytes
 
         return peak_rss_bytes(), "rss"

@@ -33,6 +33,12 @@ class _StepClock:
 
 
 class HFEngine(Engine):
+    def resolve_device_kind(self) -> str:
+        from pipeline.engines.device import torch_device_kind
+
+        self.require()
+        return torch_device_kind(self.cfg.engine.device)
+
     def load(self) -> None:
         self.require()
         import torch
@@ -40,10 +46,9 @@ class HFEngine(Engine):
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        device = self.cfg.engine.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        requested = self.cfg.engine.device  # cuda:N as given; auto as chosen by select_device()
+        on_gpu = requested.startswith("cuda") or self.device_kind == "gpu"
+        self.device = torch.device(requested if requested.startswith("cuda") else "cuda" if on_gpu else "cpu")
         self.dtype = getattr(torch, self.cfg.engine_precision)
         source = model_source(self.cfg.model, self.cfg.models_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(source)
@@ -101,13 +106,15 @@ class HFEngine(Engine):
     def reset_peak_memory(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            super().reset_peak_memory()
+        super().reset_peak_memory()
 
     def peak_memory(self) -> tuple[int | None, str]:
-        if self.device.type == "cuda":
+        """NVML's figure where there is one (comparable with the other engines': it counts the CUDA
+        context and torch's cache too), else torch's own peak of allocated tensors."""
+        measured = super().peak_memory()
+        if self.device.type == "cuda" and measured[0] is None:
             return int(self._torch.cuda.max_memory_allocated(self.device)), "cuda_allocated"
-        return super().peak_memory()
+        return measured
 
     def close(self) -> None:
         if getattr(self, "device", None) is not None and self.device.type == "cuda":

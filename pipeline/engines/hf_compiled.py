@@ -31,8 +31,8 @@ def _decode_step(model, token, position, cache):
 class HFCompiledEngine(HFEngine):
     def load(self) -> None:
         super().load()
-        options = self.cfg.engine.options
-        mode = options.get("compile_mode") or ("reduce-overhead" if self.device.type == "cuda" else "default")
+        options = self.device_settings.options
+        mode = options.get("compile_mode") or "default"  # conf/engine/hf_compiled.yaml: by device
         self._step = self._torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
         self._caches: dict[tuple[int, int], object] = {}
         self.args.update(compile_mode=mode, compile_backend="inductor", kv_cache="static", fullgraph=True)

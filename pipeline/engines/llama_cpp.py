@@ -8,14 +8,34 @@ from pathlib import Path
 from pipeline.engines.base import Engine, RequestResult
 from pipeline.models.paths import gguf_path
 
+REBUILD = (
+    "rebuild it with CUDA: CMAKE_ARGS=-DGGML_CUDA=on pip install --no-cache-dir --force-reinstall "
+    "--no-deps llama-cpp-python==0.3.36 (README: GPU machines)"
+)
+
+
+def llama_cpp_device_kind(requested: str) -> str:
+    """cpu or gpu for llama.cpp, whose build says whether it can offload to a GPU at all."""
+    from pipeline.engines.device import offload_device_kind
+
+    if requested == "cpu":
+        return "cpu"
+    import llama_cpp
+
+    return offload_device_kind(requested, bool(llama_cpp.llama_supports_gpu_offload()), "llama-cpp-python", REBUILD)
+
 
 class LlamaCppEngine(Engine):
+    def resolve_device_kind(self) -> str:
+        self.require()
+        return llama_cpp_device_kind(self.cfg.engine.device)
+
     def load(self) -> None:
         llama_cpp = self.require()
         path = gguf_path(self.cfg.model, self.cfg.models_dir, self.cfg.engine_precision)
         if not Path(path).is_file():
             raise FileNotFoundError(f"no GGUF file at {path}; for a synthetic model the workflow builds it")
-        options = dict(self.cfg.engine.options)
+        options = dict(self.device_settings.options)  # conf/engine/llama_cpp.yaml: devices, engine.options on top
         context = self.cfg.workload.input_tokens + self.cfg.workload.output_tokens
         self.args = {
             "model_path": str(path),
@@ -55,8 +75,16 @@ class LlamaCppEngine(Engine):
     def weight_bytes(self) -> dict | None:
         return gguf_weight_bytes(self.path)
 
-    def probe_target(self) -> tuple[str, str]:
-        return "cpu", "float32"  # llama.cpp computes on the CPU here; its kernels are not torch's
+    def probe_target(self) -> tuple[str, str] | None:
+        # llama.cpp's kernels are not torch's, but the memory they read is the same: probe the
+        # device it computes on (on a GPU only where this environment's torch can reach it)
+        if self.device_kind == "cpu":
+            return "cpu", "float32"
+        try:
+            import torch
+        except ImportError:
+            return None
+        return ("cuda", "float32") if torch.cuda.is_available() else None
 
     def close(self) -> None:
         if getattr(self, "llm", None) is not None:

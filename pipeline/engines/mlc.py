@@ -43,7 +43,7 @@ class MLCEngine(Engine):
         mlc_llm = self.require()
         from mlc_llm.serve.config import EngineConfig
 
-        options = dict(self.cfg.engine.options)
+        options = dict(self.device_settings.options)
         model_lib = options.pop("model_lib", None)  # a compiled library; without it MLC JIT-compiles (needs nvcc)
         context = self.cfg.workload.input_tokens + self.cfg.workload.output_tokens
         config = {
@@ -69,7 +69,16 @@ class MLCEngine(Engine):
         self._ids = itertools.count()
 
     def vocab_size(self) -> int:
-        return self.engine.tokenizer.vocab_size if hasattr(self.engine.tokenizer, "vocab_size") else 32000
+        """From the build's mlc-chat-config.json (MLC's Tokenizer has no vocab_size)."""
+        configs = getattr(self.engine, "model_config_dicts", None) or [{}]
+        config = configs[0]
+        size = config.get("vocab_size") or (config.get("model_config") or {}).get("vocab_size")
+        if not size:
+            raise ValueError(
+                f"the MLC build {self.model_location()} states no vocab_size in its mlc-chat-config.json: "
+                "prompts cannot be drawn from its vocabulary"
+            )
+        return int(size)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))

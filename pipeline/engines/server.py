@@ -71,18 +71,38 @@ class ServerEngine(Engine):
             return gguf_weight_bytes(self.model_argument())
         return None
 
-    def probe_target(self) -> tuple[str, str] | None:
-        """The server's device, where this process can probe it: engine.device, with auto meaning
-        a GPU when torch sees one; the dtype is the engine's when it is a torch dtype."""
+    def resolve_device_kind(self) -> str | None:
+        """The server's device, judged from this process, which runs in the server's environment:
+        by llama.cpp's build for a GGUF server, by torch's CUDA build where torch is installed."""
         if not self.settings.command:
+            return None  # an endpoint elsewhere
+        requested = self.cfg.engine.device
+        if self.cfg.engine.model_format == "gguf":
+            from pipeline.engines.llama_cpp import llama_cpp_device_kind
+
+            return llama_cpp_device_kind(requested)
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            from pipeline.engines.device import plain_device_kind
+
+            return plain_device_kind(requested)
+        from pipeline.engines.device import torch_device_kind
+
+        return torch_device_kind(requested)
+
+    def probe_target(self) -> tuple[str, str] | None:
+        """The server's device, where this process can probe it; the dtype is the engine's when it
+        is a torch dtype."""
+        if self.device_kind is None:
             return None  # an endpoint elsewhere: this machine's peaks say nothing about it
         try:
             import torch
         except ImportError:
             return None
-        device = self.cfg.engine.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cpu" if self.device_kind == "cpu" else "cuda"
+        if device == "cuda" and not torch.cuda.is_available():
+            return None  # a GPU this environment's torch cannot reach: no probe rather than the CPU's
         dtype = self.cfg.engine_precision
         return device, dtype if isinstance(getattr(torch, str(dtype), None), torch.dtype) else "float32"
 
@@ -132,21 +152,23 @@ class ServerEngine(Engine):
             "max_model_len": cfg.workload.input_tokens + cfg.workload.output_tokens,
             "threads": self.threads or 1,
             "seed": cfg.workload.seed,
+            # KV-cache room for every sequence of the largest batch at full length (MLC sizes it by this)
+            "kv_tokens": max(self.max_batch_size, 1) * (cfg.workload.input_tokens + cfg.workload.output_tokens),
         }
         try:
-            argv = [str(arg).format(**values) for arg in [*self.settings.command, *self.settings.extra_args]]
+            argv = [str(arg).format(**values) for arg in [*self.settings.command, *self.device_settings.extra_args]]
         except KeyError as exc:
             known = sorted(values)
             raise ServerFailed(f"engine.server.command names an unknown placeholder {exc}; known: {known}") from None
         print(f"[server] {' '.join(argv)}", file=sys.stderr, flush=True)
-        self.args = {"argv": argv, "env": dict(self.settings.env)}
+        self.args = {"argv": argv, "env": {key: os.environ[key] for key in self.device_settings.env}}
         try:
             self.process = subprocess.Popen(
                 argv,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **{k: str(v) for k, v in self.settings.env.items()}},
+                env=dict(os.environ),  # with the device's variables (Engine.select_device)
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:
@@ -299,8 +321,14 @@ class ServerEngine(Engine):
         return self.process is None or self.process.poll() is None
 
     # -- stop -------------------------------------------------------------------------------
+    def memory_root_pid(self) -> int:
+        return self.process.pid if self.process is not None else os.getpid()
+
     def peak_memory(self) -> tuple[int | None, str]:
-        """The server's resident memory (its whole process tree) at the end of the cell."""
+        """On a GPU the server's device memory (sampled, pipeline.run.device_memory); on a CPU its
+        resident memory (its whole process tree) at the end of the cell."""
+        if self.device_kind == "gpu":
+            return super().peak_memory()
         if self.process is None or not self.alive():
             return None, "unmeasured"
         try:
@@ -312,7 +340,8 @@ class ServerEngine(Engine):
             return None, "unmeasured"
 
     def reset_peak_memory(self) -> None:
-        pass
+        if self.device_kind == "gpu" and self.process is not None:
+            super().reset_peak_memory()
 
     def close(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -8,7 +8,6 @@ request's new tokens with the time the step that produced them returned.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 
 from pipeline.engines.base import Engine, RequestResult
@@ -16,17 +15,14 @@ from pipeline.models.paths import model_source
 
 
 class VLLMEngine(Engine):
+    def resolve_device_kind(self) -> str:
+        from pipeline.engines.device import torch_device_kind
+
+        return torch_device_kind(self.cfg.engine.device)
+
     def load(self) -> None:
-        # Driving a multiprocess engine core step by step costs a fixed ~0.2 s per step here
-        # (tiny-llama TPOT 199 ms vs 6.7 ms in-process, measured): keep the core in-process
-        # unless the user says otherwise.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = self.require()
-        options = {
-            "enforce_eager": True,
-            "gpu_memory_utilization": 0.3,  # on a CPU: the share of memory given to the KV cache
-            **self.cfg.engine.options,
-        }
+        options = self.device_settings.options  # conf/engine/vllm.yaml: devices, with engine.options on top
         self.args = {
             "model": model_source(self.cfg.model, self.cfg.models_dir),
             "dtype": self.cfg.engine_precision,
@@ -76,6 +72,4 @@ class VLLMEngine(Engine):
         return [results[request_id] for request_id in ids]
 
     def probe_target(self) -> tuple[str, str]:
-        import torch
-
-        return ("cuda" if torch.cuda.is_available() else "cpu"), self.cfg.engine_precision
+        return ("cuda" if self.device_kind == "gpu" else "cpu"), self.cfg.engine_precision

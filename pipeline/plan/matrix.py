@@ -18,7 +18,7 @@ from pipeline.config import PRECISIONS, ConfigError, unsupported_reason
 from pipeline.plan.conf import GROUPS, ConfTree, to_override
 from pipeline.results.schema import AXES, Cell
 
-MATRIX_KEYS = (*AXES, "exclude", "overrides")
+MATRIX_KEYS = (*AXES, "exclude", "overrides", "gpus")
 
 
 class PlanError(ValueError):
@@ -85,6 +85,7 @@ class Plan:
     overrides: tuple[str, ...] = ()
     unsupported: dict[Cell, str] = field(default_factory=dict)  # known at planning time, with the reason
     engines: dict[str, EngineSpec] = field(default_factory=dict)  # the plan's engines' abilities
+    gpus: int = 0  # GPUs each engine instance needs (the matrix's `gpus:`; --config gpus=N overrides)
 
     def instances(self) -> list[Instance]:
         grouped: dict[tuple[str, str, str], list[Cell]] = {}
@@ -206,7 +207,10 @@ def plan_matrix(name: str, spec: dict[str, Any], catalog: Catalog, extra_overrid
     overrides = _overrides(spec.get("overrides")) + list(extra_overrides)
     _check_override_keys(overrides)
     engines = {name: catalog.engines[name] for name in axes["engine"]}
-    return Plan(name=name, cells=cells, overrides=tuple(overrides), unsupported=unsupported, engines=engines)
+    gpus = spec.get("gpus", 0)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
+        raise PlanError(f"matrix {name}: gpus (GPUs per engine instance) must be a whole number >= 0, got {gpus!r}")
+    return Plan(name=name, cells=cells, overrides=tuple(overrides), unsupported=unsupported, engines=engines, gpus=gpus)
 
 
 def load_plan(matrix: str, conf_dir: Path, extra_overrides: list[str] = ()) -> tuple[Plan, ConfTree]:

@@ -37,6 +37,7 @@ CLUSTER_CPUS = 4
 # Per job, beyond its cells' own limits: Snakemake's start in the job, probes, writing results.
 RUNTIME_MARGIN_S = 300
 GPU_MODEL_ENV = "LLM_BENCH_SLURM_GPU_MODEL"
+ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -101,6 +102,13 @@ class Schedule:
         if workflow.nodes is None:
             return workflow.cores or 1
         return CLUSTER_CPUS
+
+    def environment_file(self, job: InstanceJob, envs_dir: Path = ENVS_DIR) -> str:
+        """envs/<environment>.yaml, or envs/<environment>-gpu.yaml for jobs that ask GPUs where the
+        engine's GPU build is another environment (vLLM, llama.cpp)."""
+        if self.gpus and (envs_dir / f"{job.environment}-gpu.yaml").is_file():
+            return str(envs_dir / f"{job.environment}-gpu.yaml")
+        return str(envs_dir / f"{job.environment}.yaml")
 
     def analysis_code(self) -> list[str]:
         """The code collect runs on the results: editing it re-runs collect, never an engine."""
@@ -232,12 +240,25 @@ def load_schedule(config: dict[str, Any], conf_dir: Path, results_root: str = "r
         return dataclasses.replace(
             planned,
             tracking=_flag(config.get("tracking", True), "tracking"),
-            gpus=_count(config.get("gpus", 0), "gpus"),
+            gpus=_count(config["gpus"], "gpus") if "gpus" in config else plan.gpus,
             cpus=_count(config.get("cpus", 0), "cpus") or None,
             gpu_model=os.environ.get(GPU_MODEL_ENV, ""),
         )
     except PlanError as exc:
         sys.exit(f"llm-infer-bench: {exc}")
+
+
+def check_local_gpus(gpus: int, slots: list[str], source: str) -> None:
+    """On one machine, an instance that asks more GPUs than there are slots would wait forever
+    (or fail in its job): say so before anything runs. A cluster gives GPUs per job instead."""
+    if gpus <= len(slots):
+        return
+    have = f"{len(slots)} GPU slot(s) ({', '.join(slots)})" if slots else "no GPU"
+    raise PlanError(
+        f"each engine instance asks {gpus} GPU(s) (--config gpus=N or the matrix's gpus:) but this machine has "
+        f"{have}, found from {source}. Ask fewer (--config gpus={len(slots)}), run on a cluster "
+        "(--profile profiles/slurm), or set LLM_BENCH_GPU_SLOTS if the GPUs are there but hidden"
+    )
 
 
 def _flag(value: Any, key: str) -> bool:

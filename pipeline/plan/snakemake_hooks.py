@@ -91,3 +91,38 @@ def live_snakemake_pids(workdir: Path, me: int | None = None) -> list[int]:
         if b"snakemake" in cmdline and cwd == here:
             found.append(int(entry.name))
     return sorted(found)
+
+
+def check_machine(schedule, workflow, conf_dir: Path) -> None:
+    """Planning-time checks of a local run against this machine: the GPUs its jobs ask, and a
+    GPU datasheet asked for by name. A cluster executor (--jobs, no --cores) runs elsewhere."""
+    if workflow.nodes is not None or not workflow.is_main_process:
+        return
+    from pipeline.analysis.roofline import check_requested_hardware
+    from pipeline.config import ConfigError
+    from pipeline.engines.device import gpus_seen
+    from pipeline.plan.conf import ConfTree
+
+    tree = ConfTree(conf_dir, list(schedule.plan.overrides))
+    try:
+        check_requested_hardware(tree.requested_hardware(), gpus_seen(), tree.hardware_entries())
+    except ConfigError as exc:
+        sys.exit(f"llm-infer-bench: {exc}")
+    _check_gpus(schedule)
+
+
+def _check_gpus(schedule) -> None:
+    from pipeline.plan.matrix import PlanError
+    from pipeline.plan.schedule import check_local_gpus
+    from pipeline.run.gpu_slots import SLOTS_ENV, configured_slots
+
+    if not schedule.gpus:
+        return
+    if os.environ.get(SLOTS_ENV, "").strip():
+        source = SLOTS_ENV
+    else:
+        source = "CUDA_VISIBLE_DEVICES" if os.environ.get("CUDA_VISIBLE_DEVICES") is not None else "nvidia-smi"
+    try:
+        check_local_gpus(schedule.gpus, configured_slots(), source)
+    except PlanError as exc:
+        sys.exit(f"llm-infer-bench: {exc}")

@@ -98,6 +98,7 @@ class CellResult:
     engine_version: str | None = None
     engine_args: dict = field(default_factory=dict)  # the arguments the engine was really started with
     engine_env: dict = field(default_factory=dict)  # environment variables that change engine behaviour
+    engine_device: str | None = None  # cpu | gpu | endpoint: whose engine.devices settings were used
     gpu_devices: str | None = None
     git_sha: str = ""
     finished_at: str = ""
@@ -211,6 +212,9 @@ CELL_COLUMNS: tuple[Column, ...] = (
     # the job
     Column("engine_version", PARAM),
     Column("engine_precision", PARAM),
+    Column("engine_device", PARAM),  # cpu | gpu | endpoint: which of the engine's device settings were used
+    Column("engine_args", INFO),  # JSON: what the engine was really started with
+    Column("engine_env", INFO),  # JSON: the environment variables that change its behaviour
     *_metrics("load_s", "compile_s", "warmup_s", "measure_s", "cell_wall_s", "overhead_s", "engine_start", "peak_mem_bytes"),
     Column("peak_mem_kind", INFO),
     Column("hardware", PARAM),

@@ -21,7 +21,7 @@ for job in SCHEDULE.jobs:
         log:
             f"{RESULTS}/logs/{job.instance.key}.log",
         conda:
-            f"../../envs/{job.environment}.yaml"
+            SCHEDULE.environment_file(job)
         threads: SCHEDULE.threads(workflow)
         resources:
             gpu=SCHEDULE.gpus,

@@ -34,6 +34,7 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
     try:
         started = time.perf_counter()
         engine = adapter_class(cfg.engine)(cfg, max_batch_size, threads)
+        engine.select_device()
         engine.load()
         load_s = time.perf_counter() - started
     except Exception as exc:  # any failure to start is reported, not raised
@@ -41,7 +42,7 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
         return
     progress(
         f"{cfg.engine.name} {engine.version()} loaded {cfg.model.name} "
-        f"({cfg.precision.name} -> {cfg.engine_precision}) in {load_s:.1f}s"
+        f"({cfg.precision.name} -> {cfg.engine_precision}) on the {engine.device_kind or 'endpoint'} in {load_s:.1f}s"
     )
     hardware = describe_hardware()
     conn.send(
@@ -49,6 +50,7 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
             load_s=load_s,
             engine_version=engine.version(),
             engine_args=engine.engine_args(),
+            engine_device=engine.device_kind or "endpoint",
             engine_env=engine_environment(),
             hardware=hardware,
             peaks=_peaks(engine, hardware, threads, progress),

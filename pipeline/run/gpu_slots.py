@@ -10,7 +10,11 @@ itself: there is no state to clean up and nothing goes stale. The job then expor
 CUDA_VISIBLE_DEVICES for its engine process.
 
 Which devices are slots: LLM_BENCH_GPU_SLOTS ("0,1,3" device ids, or a count "4" for
-0..3); unset, the CUDA_VISIBLE_DEVICES Snakemake was started with, else `nvidia-smi -L`.
+0..3: a single number there is always a count, so "2" means devices 0 and 1, never device 2
+alone; write "2," for that); unset, the CUDA_VISIBLE_DEVICES Snakemake was started with, read
+as CUDA reads it (always device ids, "3" is device 3; indices, GPU- UUIDs or MIG- ids; the list
+ends at the first invalid entry such as "-1", a repeated entry hides every device), else
+`nvidia-smi -L`.
 Under SLURM the scheduler already gave the job its GPUs (and set CUDA_VISIBLE_DEVICES):
 no slots are taken there.
 
@@ -44,20 +48,37 @@ def lock_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "llm-infer-bench-gpu-slots")
 
 
-def _device_list(value: str) -> list[str]:
+def _slot_setting(value: str) -> list[str]:
+    """LLM_BENCH_GPU_SLOTS: device ids, or one number as a count (documented above)."""
     value = value.strip()
-    if value.isdigit() and "," not in value:
+    if value.isdigit():
         return [str(i) for i in range(int(value))]
     return [d.strip() for d in value.split(",") if d.strip()]
+
+
+def _valid_cuda_id(entry: str) -> bool:
+    return entry.isdigit() or entry.startswith(("GPU-", "MIG-"))
+
+
+def cuda_visible_ids(value: str) -> list[str]:
+    """The device ids CUDA_VISIBLE_DEVICES names, in order, as CUDA reads them (never a count)."""
+    ids: list[str] = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not _valid_cuda_id(entry):
+            break  # CUDA ignores the rest of the list from the first invalid entry ("-1", "")
+        if entry in ids:
+            return []  # a repeated device makes CUDA (and torch) see none at all
+        ids.append(entry)
+    return ids
 
 
 def configured_slots(environ: Mapping[str, str] = os.environ) -> list[str]:
     """The device ids jobs on this machine share, in order."""
     if environ.get(SLOTS_ENV, "").strip():
-        return _device_list(environ[SLOTS_ENV])
+        return _slot_setting(environ[SLOTS_ENV])
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return [d for d in _device_list(visible) if d != "-1"]
+        return cuda_visible_ids(visible)
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return []

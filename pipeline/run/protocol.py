@@ -26,6 +26,7 @@ class Ready:
     engine_version: str
     engine_args: dict  # what the engine was really started with
     engine_env: dict  # environment variables that change its behaviour
+    engine_device: str  # cpu | gpu | endpoint: which engine.devices settings were used
     hardware: dict  # the machine, as detected in the engine's process
     peaks: dict  # measured on the engine's device (empty, or {"error": ...}, when not)
     weights: dict | None  # exact weight bytes from the engine's file, where it says

@@ -6,8 +6,12 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
+
+from pipeline.run.gpu_slots import cuda_visible_ids
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 
@@ -56,19 +60,95 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _nvidia_smi_gpus() -> list[str]:
+class SmiGpu(NamedTuple):
+    """One row of `nvidia-smi --query-gpu=index,uuid,name`: a physical GPU, in nvidia-smi's order."""
+
+    index: int
+    uuid: str
+    name: str
+
+
+def parse_smi_gpus(text: str) -> list[SmiGpu]:
+    rows = []
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",", 2)]  # a name could hold a comma, the first two never do
+        if len(fields) == 3 and fields[0].isdigit():
+            rows.append(SmiGpu(int(fields[0]), fields[1], fields[2]))
+    return rows
+
+
+def nvidia_smi_gpus() -> list[SmiGpu]:
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            ["nvidia-smi", "--query-gpu=index,uuid,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return []
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    return parse_smi_gpus(out.stdout) if out.returncode == 0 else []
+
+
+def _match_visible(rows: list[SmiGpu], entry: str) -> SmiGpu | None:
+    if entry.isdigit():
+        # CUDA numbers devices fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, nvidia-smi by PCI bus:
+        # the two agree on a machine of one GPU model, which gpu_uuid lets a reader check.
+        return next((r for r in rows if r.index == int(entry)), None)
+    if entry.startswith("MIG-GPU-"):  # MIG-GPU-<parent uuid>/<gi>/<ci>: a slice of that GPU
+        parent = _match_visible(rows, entry.removeprefix("MIG-").split("/")[0])
+        return parent._replace(uuid=entry) if parent else None
+    matches = [r for r in rows if r.uuid.startswith(entry)]  # CUDA takes any unique UUID prefix
+    return matches[0] if len(matches) == 1 else None
+
+
+def visible_gpus(smi_rows: list[SmiGpu], cuda_visible_devices: str | None) -> list[SmiGpu]:
+    """The GPUs a process with this CUDA_VISIBLE_DEVICES sees, in CUDA's order (its device 0 first)."""
+    if cuda_visible_devices is None:
+        return list(smi_rows)
+    visible = []
+    for entry in cuda_visible_ids(cuda_visible_devices):
+        row = _match_visible(smi_rows, entry)
+        if row is None:
+            break  # CUDA stops at the first entry naming no device
+        visible.append(row)
+    return visible
+
+
+def _torch_gpu(torch) -> dict:
+    """torch's device 0 is already the first one CUDA_VISIBLE_DEVICES lets it see."""
+    props = torch.cuda.get_device_properties(0)
+    info = {
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_count": torch.cuda.device_count(),
+        "gpu_memory_bytes": props.total_memory,
+    }
+    uuid = getattr(props, "uuid", None)  # recent torch only
+    if uuid is not None:
+        uuid = str(uuid)
+        info["gpu_uuid"] = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"  # as nvidia-smi writes it
+    return info
+
+
+def _smi_gpu(environ: Mapping[str, str]) -> dict:
+    visible = visible_gpus(nvidia_smi_gpus(), environ.get("CUDA_VISIBLE_DEVICES"))
+    if not visible:
+        return {}
+    first = visible[0]
+    return {"gpu": first.name, "gpu_count": len(visible), "gpu_index": first.index, "gpu_uuid": first.uuid}
+
+
+def gpu_description(torch, environ: Mapping[str, str] = os.environ) -> dict:
+    """The GPU fields of describe_hardware: {} when this process sees no GPU."""
+    if torch is not None:
+        # torch imported without CUDA means the engine computes on the CPU, whatever the driver lists
+        return _torch_gpu(torch) if torch.cuda.is_available() else {}
+    return _smi_gpu(environ)
 
 
 @cache
 def describe_hardware() -> dict:
-    """CPU always; the GPU too when torch is importable and sees one."""
+    """CPU always; the GPU too when this process can see one (torch's view where the engine imported it)."""
     info = {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -78,15 +158,8 @@ def describe_hardware() -> dict:
         "gpu_count": 0,
         "hostname": platform.node(),
     }
-    torch = sys.modules.get("torch")  # only where the engine already imported it: it costs seconds
-    if torch is not None and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
-        info["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
-    elif torch is None:
-        names = _nvidia_smi_gpus()
-        if names:
-            info["gpu"], info["gpu_count"] = names[0], len(names)
+    # torch only where the engine already imported it: importing it costs seconds
+    info.update(gpu_description(sys.modules.get("torch")))
     info["name"] = info["gpu"] or info["cpu"]
     return info
 

@@ -159,6 +159,7 @@ class InstanceRunner:
                 "engine_version": ready.engine_version,
                 "engine_args": ready.engine_args,
                 "engine_env": ready.engine_env,
+                "engine_device": ready.engine_device,
                 "hardware": ready.hardware,
                 "peaks": ready.peaks,
                 "weights": ready.weights,
