@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip install --quiet
 CORES ?= all
 
-.PHONY: setup setup-engines setup-system setup-slurm run test test-fast lint
+.PHONY: setup setup-engines setup-system setup-slurm setup-gpu setup-gpu-llama-cpp setup-gpu-mlc gpu-wheels run test test-fast lint
 
 # The pipeline and the hf engine; rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -46,6 +46,33 @@ $(VENV)/.slurm: $(VENV)/.engines
 
 setup: $(VENV)/.installed
 setup-engines: $(VENV)/.engines
+
+## setup-gpu: on a CUDA machine, the pipeline with CUDA vLLM (PyPI's torch 2.13.0 is its CUDA 13
+## build; vLLM 0.32.0 pins it), then a check that torch can use the GPUs nvidia-smi lists
+setup-gpu: $(VENV)/.installed
+	$(PIP) -e '.[test,gpu]'
+	$(PYTHON) -m pipeline.engines.device
+
+## setup-gpu-llama-cpp: llama.cpp compiled with CUDA (needs nvcc; minutes)
+setup-gpu-llama-cpp: $(VENV)/.installed
+	CMAKE_ARGS="-DGGML_CUDA=on" $(PIP) --no-cache-dir --force-reinstall --no-deps '$(LLAMA_CPP)'
+	$(PIP) 'llama-cpp-python[server]==0.3.36' 'gguf==0.19.0'
+
+## setup-gpu-mlc: MLC-LLM's nightlies from its own wheel index (CUDA 12.8 builds; MLC_CUDA=cu130 for CUDA 13)
+MLC_CUDA ?= cu128
+setup-gpu-mlc: $(VENV)/.installed
+	$(PIP) --pre -f https://mlc.ai/wheels 'mlc-llm-nightly-$(MLC_CUDA)' 'mlc-ai-nightly-$(MLC_CUDA)'
+
+## gpu-wheels: what the offline GPU machine's Python 3.12 lacks, as wheels (tests/gpu_validation.py --wheels)
+GPU_WHEELS ?= wheels/gpu-cp312
+gpu-wheels: $(VENV)/.installed
+	mkdir -p $(GPU_WHEELS)
+	# two of snakemake's dependencies are published as sources only: build them first
+	$(PYTHON) -m pip wheel --quiet --no-deps -w $(GPU_WHEELS) 'connection_pool==0.0.3' 'antlr4-python3-runtime==4.9.3'
+	$(PYTHON) -m pip download --quiet --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any \
+	  --find-links $(GPU_WHEELS) -d $(GPU_WHEELS) 'snakemake>=9.20,<10' 'hydra-core>=1.3.2,<1.4'
+	du -sh $(GPU_WHEELS)
 
 # Headless Chromium opens the rendered report in the tests (Debian's package; needs root).
 setup-system:
