@@ -15,7 +15,11 @@ sys.path.insert(0, workflow.basedir)
 
 from pipeline.plan.conf import CONF_DIR
 from pipeline.plan.schedule import load_schedule
-from pipeline.plan.snakemake_hooks import check_machine, clear_stale_lock, python_command
+from pipeline.plan.snakemake_hooks import (
+    check_machine,
+    clear_stale_lock,
+    python_command,
+)
 
 STALE = clear_stale_lock(workflow)
 if STALE:
