@@ -40,6 +40,8 @@ def conf(tmp_path, models_dir):
     shutil.copy(conf / "engine/hf.yaml", conf / "engine/my_hf.yaml")
     (conf / "model/local-tiny.yaml").write_text(f"path: {models_dir / 'tiny-llama'}\n")  # no architecture
     (conf / "model/hub-only.yaml").write_text("hub_id: nobody/never-downloaded\n")
+    # a datasheet for this machine's CPU (a GPU's entry is refused on a machine without that GPU)
+    (conf / "hardware/lab-cpu.yaml").write_text("kind: cpu\nmemory_bandwidth_gbs: 2039\npeak_tflops: {bf16: 1}\n")
     return conf
 
 
@@ -49,20 +51,20 @@ def test_a_datasheet_edit_reruns_collect_and_never_an_engine(tmp_path, conf):
     matrix = write_matrix(
         workdir, "sheet", "engine: [my_hf]\nmodel: [local-tiny]\nprecision: [bf16]\nbatch_size: [1]\n" + WORKLOAD
     )
-    first = snakemake(workdir, conf, f"matrix={matrix}", "hardware=a100-80g")
+    first = snakemake(workdir, conf, f"matrix={matrix}", "hardware=lab-cpu")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "rule measure_my_hf_local_tiny_bf16" in first.stderr
     cells = pd.read_csv(workdir / "results/sheet/cells.csv")
     (row,) = cells.to_dict("records")
-    assert row["status"] == "ok" and row["engine"] == "my_hf" and row["hardware_entry"] == "a100-80g"
+    assert row["status"] == "ok" and row["engine"] == "my_hf" and row["hardware_entry"] == "lab-cpu"
     # the roofline came from the model directory's own config.json (no architecture in its conf)
     summary = json.loads((workdir / "results/sheet/my_hf/local-tiny/bf16/bs1/summary.json").read_text())
     assert summary["architecture"]["hidden_size"] == 256 and summary["config"]["model"]["architecture"] == {}
     assert row["params"] > 0 and row["peak_bandwidth_gbs"] == 2039 and row["mbu"] > 0
 
-    sheet = conf / "hardware/a100-80g.yaml"
+    sheet = conf / "hardware/lab-cpu.yaml"
     sheet.write_text(sheet.read_text().replace("memory_bandwidth_gbs: 2039", "memory_bandwidth_gbs: 4078"))
-    second = snakemake(workdir, conf, f"matrix={matrix}", "hardware=a100-80g")
+    second = snakemake(workdir, conf, f"matrix={matrix}", "hardware=lab-cpu")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "rule measure_" not in second.stderr and "rule collect" in second.stderr
     (after,) = pd.read_csv(workdir / "results/sheet/cells.csv").to_dict("records")

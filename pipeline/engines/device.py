@@ -63,6 +63,9 @@ def torch_device_kind(requested: str) -> str:
         return "cpu"
     import torch
 
+    if requested != "auto" and not requested.startswith("cuda"):
+        torch.device(requested)  # another accelerator (xpu, mps) or a typo: torch's own error says which
+        return "gpu"
     if torch.cuda.is_available():
         return "gpu"
     gpus = gpus_seen()

@@ -161,14 +161,16 @@ class ServerEngine(Engine):
             known = sorted(values)
             raise ServerFailed(f"engine.server.command names an unknown placeholder {exc}; known: {known}") from None
         print(f"[server] {' '.join(argv)}", file=sys.stderr, flush=True)
-        self.args = {"argv": argv, "env": {key: os.environ[key] for key in self.device_settings.env}}
+        # select_device() has put these in the environment already; this covers a load() without it
+        env = {**{key: str(value) for key, value in self.device_settings.env.items()}, **os.environ}
+        self.args = {"argv": argv, "env": {key: env[key] for key in self.device_settings.env}}
         try:
             self.process = subprocess.Popen(
                 argv,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=dict(os.environ),  # with the device's variables (Engine.select_device)
+                env=env,
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:
