@@ -257,6 +257,48 @@ class RepeatPolicy:
         return build_section(cls, "workload.repeats", values)
 
 
+SLO_TARGETS = ("ttft_s", "tpot_s", "e2e_s")
+
+
+@dataclass(frozen=True)
+class SloConfig:
+    """Latency targets a request must meet to count as good (workload.slo): any of TTFT, TPOT
+    and end-to-end latency in seconds, the SLO holding when that percentile of each is within
+    its target. Analysis only: changing it re-runs collect, never an engine."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+    percentile: float = 90.0
+
+    def __post_init__(self):
+        _require(bool(self.targets), f"workload.slo names no target; give any of {', '.join(SLO_TARGETS)}")
+        for key, value in self.targets.items():
+            _require(
+                isinstance(value, int | float) and value > 0, f"workload.slo.{key} must be seconds > 0, got {value!r}"
+            )
+        _require(
+            isinstance(self.percentile, int | float) and 0 < self.percentile < 100,
+            f"workload.slo.percentile must be in (0, 100), got {self.percentile!r}",
+        )
+
+    @property
+    def targets(self) -> dict[str, float]:
+        return {key: getattr(self, key) for key in SLO_TARGETS if getattr(self, key) is not None}
+
+    @classmethod
+    def parse(cls, value) -> SloConfig | None:
+        if value is None or value == {}:
+            return None
+        _require(isinstance(value, dict), f"workload.slo must be a mapping like {{tpot_s: 0.05}}, got {value!r}")
+        return build_section(cls, "workload.slo", dict(value))
+
+    def describe(self) -> str:
+        names = {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E"}
+        shown = ", ".join(f"{names[k]} <= {v * 1e3:.4g} ms" for k, v in self.targets.items())
+        return f"p{self.percentile:g} {shown}"
+
+
 @dataclass(frozen=True)
 class WorkloadConfig:
     name: str = "default"
@@ -278,6 +320,8 @@ class WorkloadConfig:
     # batch_size requests in flight (closed loop); and the client processes that send them
     request_rate: float | None = None
     client_processes: int = 1
+    # latency targets for goodput and SLO attainment (SloConfig; server engines; analysis only)
+    slo: dict | None = None
 
     def __post_init__(self):
         _require(
@@ -291,6 +335,7 @@ class WorkloadConfig:
         _require(self.num_requests >= 1, f"workload.num_requests must be >= 1, got {self.num_requests}")
         _require(self.warmup_requests >= 0, f"workload.warmup_requests must be >= 0, got {self.warmup_requests}")
         self.repeat_policy  # noqa: B018 (validates)
+        self.slo_config  # noqa: B018 (validates)
         _require(
             0 < self.steady_tolerance < 1, f"workload.steady_tolerance must be in (0, 1), got {self.steady_tolerance}"
         )
@@ -301,6 +346,10 @@ class WorkloadConfig:
     @property
     def repeat_policy(self) -> RepeatPolicy:
         return RepeatPolicy.parse(self.repeats)
+
+    @property
+    def slo_config(self) -> SloConfig | None:
+        return SloConfig.parse(self.slo)
 
 
 @dataclass(frozen=True)

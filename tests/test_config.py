@@ -128,3 +128,18 @@ def test_the_documented_ways_to_set_an_endpoints_request_fields_work(override):
     cell = compose_cell(["engine=openai", override])
     assert cell.engine.server.body == {"ignore_eos": True}
     assert compose_cell(["engine=openai"]).engine.server.body == {}
+
+
+def test_an_slo_says_what_is_wrong_with_it():
+    from pipeline.config import SloConfig, WorkloadConfig
+
+    assert WorkloadConfig(slo={"tpot_s": 0.05}).slo_config == SloConfig(tpot_s=0.05, percentile=90)
+    assert WorkloadConfig(slo=None).slo_config is None
+    with pytest.raises(ConfigError, match=r"unknown workload.slo setting\(s\) \['tpot'\]; valid: \['e2e_s', "):
+        WorkloadConfig(slo={"tpot": 0.05})
+    with pytest.raises(ConfigError, match=r"workload.slo.percentile must be in \(0, 100\), got 100"):
+        WorkloadConfig(slo={"tpot_s": 0.05, "percentile": 100})
+    with pytest.raises(ConfigError, match="workload.slo.ttft_s must be seconds > 0, got -1"):
+        WorkloadConfig(slo={"ttft_s": -1})
+    with pytest.raises(ConfigError, match="workload.slo names no target; give any of ttft_s, tpot_s, e2e_s"):
+        WorkloadConfig(slo={"percentile": 90})

@@ -96,3 +96,33 @@ def test_prompts_have_exact_length_and_differ_per_stream():
 @pytest.mark.parametrize(("requests", "batch", "expected"), [(8, 1, 8), (8, 4, 2), (8, 3, 3), (2, 16, 1)])
 def test_waves_send_at_least_the_requested_number(requests, batch, expected):
     assert waves(requests, batch) == expected
+
+
+def _failed(repeat, t_send):
+    return {**_record(repeat, t_send, 0.1, 0.5), "success": False, "ttft_s": None, "e2e_s": None, "tpot_s": None}
+
+
+def test_goodput_counts_only_the_requests_that_meet_every_target():
+    from pipeline.analysis.metrics import slo_figures
+    from pipeline.config import SloConfig
+
+    # one repeat, window 0.0 -> 2.0 s; 5 tokens each, TPOT = (e2e - ttft) / 4
+    records = [
+        _record(0, 0.0, ttft=0.2, e2e=1.0),  # TPOT 0.2: good
+        _record(0, 0.5, ttft=0.3, e2e=1.5),  # TPOT 0.3: good
+        _record(0, 1.0, ttft=0.9, e2e=1.0),  # TTFT 0.9 misses the TTFT target
+        _record(0, 1.0, ttft=0.1, e2e=1.0),  # TPOT 0.225: good; ends at 2.0
+        _failed(0, 1.5),  # a failed request meets nothing
+    ]
+    slo = SloConfig(ttft_s=0.5, tpot_s=0.3, percentile=50)
+    figures = slo_figures(records, slo)
+    assert figures["slo"] == "p50 TTFT <= 500 ms, TPOT <= 300 ms"
+    assert figures["slo_attainment"] == pytest.approx(3 / 5)
+    assert figures["goodput_req_s"] == pytest.approx(3 / 2.0) and figures["goodput_tok_s"] == pytest.approx(15 / 2.0)
+    # 3 of 5 within the TTFT target, 4 of 5 within the TPOT one: at least 50% each
+    assert figures["slo_met"] is True
+    assert slo_figures(records, SloConfig(ttft_s=0.5, percentile=90))["slo_met"] is False  # 60% < 90%
+    assert slo_figures(records, None) == {}
+    # a discarded repeat (an outlier first repeat) is out of the SLO figures as of every other
+    discarded = [{**r, "discarded": True} for r in records[:2]]
+    assert slo_figures(discarded + records[2:], slo)["slo_attainment"] == pytest.approx(1 / 3)

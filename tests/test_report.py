@@ -555,3 +555,21 @@ def test_precision_sentence_states_the_bandwidth_argument_only_when_the_data_doe
     (tied,) = precision_sentences(_precision_cells(0.039, noise=0.05))
     assert "cannot be told apart" in tied
     assert precision_sentences(_precision_cells(0.025).drop(columns="bytes_per_step")) == []
+
+
+def test_the_slo_sentence_names_who_meets_it_and_claims_no_ranking():
+    slo = {"slo": "p90 TPOT <= 50 ms"}
+    cells = pd.DataFrame(
+        [
+            cell("A", batch=1, **slo, slo_met=True, slo_attainment=1.0, goodput_tok_s=90.0),
+            cell("A", batch=8, **slo, slo_met=True, slo_attainment=0.95, goodput_tok_s=600.0),
+            cell("B", batch=8, **slo, slo_met=False, slo_attainment=0.5, goodput_tok_s=700.0),
+        ]
+    )
+    (model,) = verdict(cells).models
+    (sentence,) = [s for s in model.sentences if s.startswith("SLO")]
+    assert "SLO (p90 TPOT <= 50 ms): met by 2 of 3 cells; the most goodput among them: A bf16 at batch 8" in sentence
+    assert "600 tok/s of output within the targets (95% of its requests)" in sentence and "not a ranking" in sentence
+    nobody = cells.assign(slo_met=False)
+    assert "no cell meets it (best attainment 100%)" in " ".join(verdict(nobody).models[0].sentences)
+    assert not [s for s in verdict(pd.DataFrame([cell("A")])).models[0].sentences if s.startswith("SLO")]

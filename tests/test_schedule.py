@@ -1,5 +1,7 @@
 """The Snakefile's helpers: --config splitting, and which cells a (re-)run must measure."""
 
+import json
+
 import pytest
 
 from pipeline.plan.conf import ConfTree, compose_cell, measurement_digest
@@ -22,6 +24,12 @@ def test_config_matrix_and_overrides():
     matrix, overrides = split_config(config)
     assert matrix == "smoke"
     assert overrides == ["models_dir=m", "workload.seed=3", "workload.output_tokens=16", "engine.device=cpu"]
+
+
+def test_an_slo_given_nested_stays_one_mapping():
+    # --config workload="{slo: {tpot_s: 0.05}, output_tokens: 16}": a key below workload.slo (null) cannot be set
+    _, overrides = split_config({"workload": {"slo": {"tpot_s": 0.05}, "output_tokens": 16}})
+    assert overrides == ["workload.slo={tpot_s:0.05}", "workload.output_tokens=16"]
 
 
 def test_default_matrix_when_none_given():
@@ -175,3 +183,19 @@ def test_a_matrix_says_how_many_gpus_its_instances_need_and_the_command_line_win
     matrix.write_text("gpus: two\nengine: [hf]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
     with pytest.raises(PlanError, match="gpus .GPUs per engine instance. must be a whole number >= 0, got 'two'"):
         load_plan(str(matrix), CONF)
+
+
+def test_an_slo_is_for_server_engines_and_never_re_measures_a_cell(tmp_path):
+    from pipeline.plan.matrix import PlanError
+
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("engine: [hf, vllm_server]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    with pytest.raises(PlanError, match=r"workload.slo \(p90 TPOT <= 50 ms\) is for server engines.*hf run offline"):
+        plan, tree = load_plan(str(matrix), CONF, ["workload.slo={tpot_s: 0.05}"])
+        schedule(plan, tree, tmp_path / "results")
+    matrix.write_text("engine: [vllm_server]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    plan, tree = load_plan(str(matrix), CONF, ["workload.slo={tpot_s: 0.05, percentile: 99}"])
+    assert json.loads(schedule(plan, tree, tmp_path / "results").slo) == {"tpot_s": 0.05, "percentile": 99}
+    # judged in collect: the same measurement with or without it
+    with_slo = tree.digest("vllm_server", "tiny-llama", "bf16")
+    assert with_slo == load_plan(str(matrix), CONF)[1].digest("vllm_server", "tiny-llama", "bf16")

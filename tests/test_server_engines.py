@@ -80,6 +80,18 @@ def test_openai_endpoint_cell_measures_the_known_schedule(tmp_path, models_dir):
     assert 0.05 <= metrics["ttft_s_p50"] < 0.075
     assert metrics["e2e_s_p50"] == pytest.approx(0.05 + 7 * 0.005, rel=0.1)
     assert summary["client"]["processes"] == 1 and summary["client"]["saturated"] is False
+    # goodput, judged in collect from the same requests: the stand-in's TTFT is 50 ms, TPOT 5 ms
+    from pipeline.analysis.collect import collect
+    from pipeline.config import SloConfig
+
+    path = tmp_path / "openai/tiny-llama/fp32/bs4/summary.json"
+    (met,) = collect([path], slo=SloConfig(ttft_s=0.5, tpot_s=0.05))[0].to_dict("records")
+    assert met["slo_met"] is True and met["slo_attainment"] == 1.0
+    assert (
+        met["goodput_tok_s"] == pytest.approx(met["output_tok_s"]) and met["slo"] == "p90 TTFT <= 500 ms, TPOT <= 50 ms"
+    )
+    (missed,) = collect([path], slo=SloConfig(ttft_s=0.01))[0].to_dict("records")
+    assert missed["slo_met"] is False and missed["slo_attainment"] == 0 and missed["goodput_tok_s"] == 0
 
 
 def test_open_loop_cell_and_an_offline_engine_refusing_it(tmp_path, models_dir):

@@ -144,6 +144,8 @@ def test_rerun_keeps_finished_cells_and_retries_failed_ones(first_run, models_di
             "unknown setting 'workload.output_token': workload has no 'output_token'",
         ),
         (["matrix=smoke", "workload={output_tokens: 0}"], "workload.output_tokens must be >= 2"),
+        (["matrix=smoke", "workload={slo: {tpot_s: 0.05}}"], "workload.slo (p90 TPOT <= 50 ms) is for server engines"),
+        (["matrix=smoke", "workload={slo: {tpot: 0.05}}"], "unknown workload.slo setting(s) ['tpot']"),
         # this machine (and CI's) has no GPU
         (["matrix=notebook"], "asks 1 GPU(s) (--config gpus=N or the matrix's gpus:) but this machine has no GPU"),
         (["matrix=smoke", "gpus=2"], "Ask fewer (--config gpus=0), run on a cluster"),

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.analysis.diagnosis import diagnose
-from pipeline.analysis.metrics import summarize
+from pipeline.analysis.metrics import slo_figures, summarize
 from pipeline.analysis.roofline import cell_roofline, select_hardware
-from pipeline.config import CellConfig, ConfigError, HardwareConfig
+from pipeline.config import CellConfig, ConfigError, HardwareConfig, SloConfig
 from pipeline.plan.conf import CONF_DIR, ConfTree
 from pipeline.results.schema import AXES, CELL_COLUMN_NAMES, FINAL, STATUSES, CellResult
 from pipeline.results.store import atomic_write, read_result
@@ -104,10 +104,18 @@ def settling(starts: list[dict]) -> dict:
     }
 
 
-def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig, entries: list[HardwareConfig]) -> dict:
+def cell_row(
+    result: CellResult,
+    records: list[dict],
+    requested: HardwareConfig,
+    entries: list[HardwareConfig],
+    slo: SloConfig | None = None,
+) -> dict:
     row = {"cell_id": result.cell_id, **result.cell.axes(), "status": result.status, "error": result.error}
     metrics = summarize(records) if records else {}
     row.update(metrics)
+    if records:
+        row.update(slo_figures(records, slo))
     row.update(roofline_columns(result, metrics, requested, entries))
     workload = (result.config or {}).get("workload") or {}
     client = result.client or {}  # server engines: could the client keep up?
@@ -150,9 +158,10 @@ def cell_row(result: CellResult, records: list[dict], requested: HardwareConfig,
 
 
 def collect(
-    summary_paths: list[Path], hardware: str = "auto", conf_dir: Path = CONF_DIR
+    summary_paths: list[Path], hardware: str = "auto", conf_dir: Path = CONF_DIR, slo: SloConfig | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """hardware: the conf/hardware/ entry to judge the cells against (auto: detect per cell)."""
+    """hardware: the conf/hardware/ entry to judge the cells against (auto: detect per cell);
+    slo: the latency targets for goodput, as the matrix's workload states them now."""
     tree = ConfTree(conf_dir, [f"hardware={hardware}"])
     requested, entries = tree.requested_hardware(), tree.hardware_entries()  # the datasheets, read once
     rows, requests = [], []
@@ -161,7 +170,7 @@ def collect(
         if result is None:
             raise FileNotFoundError(f"{path}: missing, unreadable or of another schema version")
         records = read_records(Path(path).with_name("requests.csv"))
-        rows.append(cell_row(result, records, requested, entries))
+        rows.append(cell_row(result, records, requested, entries, slo))
         if records:
             frame = pd.DataFrame.from_records(records)
             for position, key in enumerate(("cell_id", *AXES)):
@@ -196,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hardware", default="auto", help="datasheet entry (conf/hardware/NAME.yaml); auto: detect per cell"
     )
+    parser.add_argument("--slo", default="null", help="workload.slo as JSON, e.g. '{\"tpot_s\": 0.05}' (null: none)")
     parser.add_argument("summaries", nargs="+", type=Path)
     args = parser.parse_args(argv)
     try:
-        cells, requests = collect(args.summaries, args.hardware)
+        cells, requests = collect(args.summaries, args.hardware, slo=SloConfig.parse(json.loads(args.slo)))
     except ConfigError as exc:
         parser.error(str(exc))
     for frame, path in ((cells, args.cells), (requests, args.requests)):

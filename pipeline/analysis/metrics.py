@@ -6,6 +6,12 @@ tpot_s   (e2e_s - ttft_s) / (output_tokens - 1)
 itl_s    every gap between consecutive chunks (pooled over requests)
 ms_per_10_words  10000 * sum(e2e_s) / sum(words)   (the notebook's metric; never the headline)
 output_tok_s     all output tokens / measured window
+slo_attainment   share of the measured requests meeting every target of workload.slo (a failed
+                 request meets none)
+goodput_req_s, goodput_tok_s   requests/s and output tokens/s of those requests, over the same
+                 window as output_tok_s (DistServe's goodput; vLLM's --goodput)
+slo_met          for each target, at least `percentile`% of the measured requests within it
+                 (its percentile, by rank, within the target; a failed request is never within)
 *_low, *_high    the 95% interval of TPOT p50, TTFT p50 and output tok/s (pipeline.stats)
 """
 
@@ -17,6 +23,7 @@ import statistics
 
 import numpy as np
 
+from pipeline.config import SloConfig
 from pipeline.results.schema import PERCENTILES
 from pipeline.stats import by_repeat, headline_intervals, measured_window
 
@@ -54,12 +61,12 @@ def summarize(records: list[dict]) -> dict[str, float | int | None]:
 
     # Throughput and TPOT per repeat (each repeat's own window), then over all repeats.
     groups = by_repeat(records)
-    per_repeat, tpot_per_repeat, total_window = [], [], 0.0
+    per_repeat, tpot_per_repeat = [], []
+    total_window = _total_window(records)
     for rows in groups.values():
         window = measured_window(rows)
         if window:
             per_repeat.append(sum(r["output_tokens"] for r in rows) / window)
-            total_window += window
         tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
         if tpots:
             tpot_per_repeat.append(float(np.median(tpots)))
@@ -76,6 +83,38 @@ def summarize(records: list[dict]) -> dict[str, float | int | None]:
     words = sum(r["words"] for r in ok)
     figures["ms_per_10_words"] = 10_000 * sum(r["e2e_s"] for r in ok) / words if words else None
     return figures
+
+
+def _total_window(records: list[dict]) -> float:
+    """The measured windows of the repeats, summed (each repeat's first send to its last token)."""
+    return sum(window for rows in by_repeat(records).values() if (window := measured_window(rows)))
+
+
+def _meets(record: dict, targets: dict[str, float]) -> bool:
+    return bool(record["success"]) and all(
+        record[key] is not None and record[key] <= target for key, target in targets.items()
+    )
+
+
+def slo_figures(records: list[dict], slo: SloConfig | None) -> dict:
+    """SLO attainment and goodput of a cell's measured requests (module docstring); {} without an SLO."""
+    if slo is None:
+        return {}
+    records = [r for r in records if not r.get("discarded")]
+    targets = slo.targets
+    good = [r for r in records if _meets(r, targets)]
+    window = _total_window(records)
+
+    def share_within(key: str, target: float) -> float:
+        return sum(_meets(r, {key: target}) for r in records) / len(records)
+
+    return {
+        "slo": slo.describe(),
+        "slo_attainment": len(good) / len(records) if records else None,
+        "slo_met": all(share_within(k, t) >= slo.percentile / 100 for k, t in targets.items()) if records else None,
+        "goodput_req_s": len(good) / window if window else None,
+        "goodput_tok_s": sum(r["output_tokens"] for r in good) / window if window else None,
+    }
 
 
 def spread(values: list[float]) -> float | None:

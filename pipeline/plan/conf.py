@@ -81,11 +81,12 @@ def compose_cell(overrides: list[str], conf_dir: Path = CONF_DIR) -> CellConfig:
 def measurement_digest(sections: dict[str, Any]) -> str:
     """A fingerprint of what a cell is measured with: its composed engine, model, precision and
     workload sections, normalized through their dataclasses (defaults filled in, key order and
-    override order irrelevant). Hardware datasheets, comments and analysis code are not in it:
+    override order irrelevant). Hardware datasheets, the SLO, comments and analysis code are not in it:
     changing them re-runs collect and the report, never an engine."""
     canonical = {
         name: dataclasses.asdict(build_section(cls, name, sections[name])) for name, cls in MEASUREMENT_SECTIONS.items()
     }
+    canonical["workload"].pop("slo")  # judged in collect, from the requests: no reason to measure again
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

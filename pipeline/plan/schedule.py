@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import shlex
@@ -40,10 +41,15 @@ GPU_MODEL_ENV = "LLM_BENCH_SLURM_GPU_MODEL"
 ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
 
 
+# Settings whose value is a whole mapping, null by default: set as one (workload.slo={tpot_s: 0.05}),
+# since a dotted key below a null cannot be overridden.
+WHOLE_MAPPINGS = ("workload.slo",)
+
+
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" not in WHOLE_MAPPINGS:
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -88,6 +94,7 @@ class Schedule:
     jobs: tuple[InstanceJob, ...]
     cell_states: dict[Cell, str]
     hardware: str = "auto"  # the datasheet entry collect judges the cells against (conf/hardware/)
+    slo: str = "null"  # workload.slo as JSON, for collect
     notes: tuple[str, ...] = ()  # what planning could only guess (printed with the plan)
     tracking: bool = True  # log to MLflow (--config tracking=false turns it off)
     gpus: int = 0  # GPUs each engine instance job asks (--config gpus=N)
@@ -167,6 +174,7 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
         raise PlanError(str(exc)) from None
     synthetic = tuple(m for m in models if model_configs[m].synthetic and not model_configs[m].path)
     models_dir = base.models_dir
+    check_slo_engines(base.workload.slo_config, {name: tree.engine(name).mode for name in plan.engines})
 
     states = {
         cell: cell_state(read_result(summary_path(results_dir, cell)), digests[cell.instance]) for cell in plan.cells
@@ -216,6 +224,7 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
         tuple(jobs),
         states,
         hardware=base.hardware.name,
+        slo=json.dumps(base.workload.slo),
         notes=tuple(notes),
     )
 
@@ -246,6 +255,17 @@ def load_schedule(config: dict[str, Any], conf_dir: Path, results_root: str = "r
         )
     except PlanError as exc:
         sys.exit(f"llm-infer-bench: {exc}")
+
+
+def check_slo_engines(slo, modes: dict[str, str]) -> None:
+    """An SLO judges requests arriving at a server one by one; an offline engine takes its batch
+    at once, so its TTFT is the whole batch's prefill and goodput would mean nothing."""
+    offline = sorted(name for name, mode in modes.items() if mode == "offline")
+    if slo is not None and offline:
+        raise PlanError(
+            f"workload.slo ({slo.describe()}) is for server engines, whose requests arrive one by one; "
+            f"{', '.join(offline)} run offline: use their *_server engine, or drop workload.slo"
+        )
 
 
 def check_local_gpus(gpus: int, slots: list[str], source: str) -> None:

@@ -77,8 +77,17 @@ ROOFLINE_COLUMNS = [
 ]
 
 
+# Shown where the matrix has an SLO (workload.slo).
+SLO_COLUMNS = [
+    Column("SLO attainment", "slo_attainment", percent),
+    Column("goodput tok/s", "goodput_tok_s", number),
+    Column("SLO met", "slo_met", text, numeric=False),
+]
+
+
 def cell_columns(cells: pd.DataFrame) -> list[Column]:
-    return CELL_COLUMNS + [c for c in ROOFLINE_COLUMNS if c.key in cells and cells[c.key].notna().any()]
+    optional = [*ROOFLINE_COLUMNS, *SLO_COLUMNS]
+    return CELL_COLUMNS + [c for c in optional if c.key in cells and cells[c.key].notna().any()]
 
 
 def status_label(row: pd.Series) -> str:

@@ -227,9 +227,32 @@ def model_verdict(model: str, cells: pd.DataFrame) -> ModelVerdict:
         throughput_sentence(verdict.throughput),
         batch_sentence(verdict.by_batch),
         *precision_sentences(cells),
+        slo_sentence(cells),
     ]
     verdict.sentences = [s for s in sentences if s]
     return verdict
+
+
+def slo_sentence(cells: pd.DataFrame) -> str | None:
+    """Which cells of one model meet the SLO, and the most goodput among them. Goodput has no
+    interval yet, so the sentence reports the figures and claims no ranking."""
+    if "slo" not in cells or not cells["slo"].notna().any():
+        return None
+    ok = cells[(cells["status"] == "ok") & cells["slo_met"].notna()]
+    if ok.empty:
+        return None
+    slo = str(ok["slo"].dropna().iloc[0])
+    met = ok[ok["slo_met"].astype(str).str.lower() == "true"]
+    if met.empty:
+        return f"SLO ({slo}): no cell meets it (best attainment {_percent(ok['slo_attainment'].max())})."
+    best = met.loc[met["goodput_tok_s"].astype(float).idxmax()]
+    label = f"{best['engine']} {best['precision']} at batch {int(best['batch_size'])}"
+    return (
+        f"SLO ({slo}): met by {len(met)} of {len(ok)} cells; the most goodput among them: {label}, "
+        f"{_tok_s(float(best['goodput_tok_s']))} of output within the targets "
+        f"({_percent(float(best['slo_attainment']))} of its requests). Goodput carries no interval yet: "
+        "close figures are not a ranking."
+    )
 
 
 def precision_sentences(cells: pd.DataFrame) -> list[str]:

@@ -180,6 +180,10 @@ CELL_COLUMNS: tuple[Column, ...] = (
     *(c for name in DISTRIBUTIONS for c in _distribution(name)),
     *_metrics("output_tokens", "output_tokens_total", "output_tokens_retok", "tokens_per_chunk"),
     *_metrics("output_tok_s", "req_s"),
+    # against workload.slo, where there is one (pipeline.analysis.metrics: slo_figures)
+    Column("slo", PARAM),  # the targets, as text ("p90 TPOT <= 50 ms")
+    *_metrics("slo_attainment", "goodput_req_s", "goodput_tok_s"),
+    Column("slo_met", INFO),
     # 95% intervals of the headline figures (pipeline.stats: two-level bootstrap)
     *_metrics(*(f"{name}_{end}" for name in HEADLINE for end in ("low", "high"))),
     Column("output_tok_s_repeats", INFO),  # JSON list, one throughput per repeat

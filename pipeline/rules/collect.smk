@@ -1,3 +1,5 @@
+import shlex
+
 # Every cell's summary.json (and requests.csv beside it) -> one row per cell / request, with
 # everything derived from them: statistics, the datasheet entry, the roofline. The datasheets
 # and the analysis code are inputs too: editing them re-runs this step, never an engine.
@@ -15,6 +17,7 @@ rule collect:
         "../../envs/pipeline.yaml"
     params:
         hardware=SCHEDULE.hardware,
+        slo=shlex.quote(SCHEDULE.slo),  # a changed SLO re-runs this step (params), never an engine
     shell:
         f"{PYTHON} -m pipeline.analysis.collect --cells {{output.cells}} --requests {{output.requests}}"
-        " --hardware {params.hardware} {input.summaries} > {log} 2>&1"
+        " --hardware {params.hardware} --slo {params.slo} {input.summaries} > {log} 2>&1"
