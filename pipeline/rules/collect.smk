@@ -1,5 +1,6 @@
 import shlex
 
+
 # Every cell's summary.json (and requests.csv beside it) -> one row per cell / request, with
 # everything derived from them: statistics, the datasheet entry, the roofline. The datasheets
 # and the analysis code are inputs too: editing them re-runs this step, never an engine.
