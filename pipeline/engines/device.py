@@ -12,7 +12,6 @@ what to change, never a silent CPU measurement labelled with the GPU's datasheet
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Mapping
 
@@ -27,17 +26,10 @@ def gpus_seen(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 
 def driver_version() -> str | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = out.stdout.split()
-    return lines[0] if out.returncode == 0 and lines else None
+    from pipeline.run.provenance import nvidia_smi_query
+
+    lines = (nvidia_smi_query("driver_version") or "").split()
+    return lines[0] if lines else None
 
 
 def torch_cuda_problem(torch, gpus: list[str]) -> str:

@@ -77,17 +77,22 @@ def parse_smi_gpus(text: str) -> list[SmiGpu]:
     return rows
 
 
-def nvidia_smi_gpus() -> list[SmiGpu]:
+def nvidia_smi_query(fields: str) -> str | None:
+    """What `nvidia-smi --query-gpu=FIELDS` prints (CSV, no header); None without a working driver."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,uuid,name", "--format=csv,noheader"],
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
-        return []
-    return parse_smi_gpus(out.stdout) if out.returncode == 0 else []
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def nvidia_smi_gpus() -> list[SmiGpu]:
+    return parse_smi_gpus(nvidia_smi_query("index,uuid,name") or "")
 
 
 def _match_visible(rows: list[SmiGpu], entry: str) -> SmiGpu | None:
