@@ -72,12 +72,20 @@ class ServerSettings:
     prompt_format: str = "token_ids"  # token_ids: exact by construction; text: checked against usage
     ready_path: str = "/v1/models"  # polled until it answers 200
     body: dict[str, Any] | None = None  # extra request fields; "{output_tokens}" is filled in
+    # the server's flags for workload.prefix_cache false (off, the default) and true (on); a server
+    # whose conf has no `on` cannot be asked to study its cache
+    prefix_cache_flags: dict[str, list[str]] = field(default_factory=dict)
     stop_timeout_s: float = 15.0  # SIGTERM, then SIGKILL after this long
 
     def __post_init__(self):
         if self.body is None:  # null in a conf file, so that a whole mapping can be set from the command line
             object.__setattr__(self, "body", {})
         _require(isinstance(self.body, dict), f"engine.server.body must be a mapping, got {self.body!r}")
+        # YAML reads an unquoted on/off key as true/false
+        flags = {("on" if k is True else "off" if k is False else k): v for k, v in self.prefix_cache_flags.items()}
+        bad = sorted(map(str, set(flags) - {"on", "off"}))
+        _require(not bad, f"engine.server.prefix_cache_flags takes on and off, got {bad}")
+        object.__setattr__(self, "prefix_cache_flags", flags)
         _require(bool(self.command) or bool(self.base_url), "engine.server: give a launch command or a base_url")
         _require(self.api in SERVER_APIS, f"engine.server.api must be one of {SERVER_APIS}, got {self.api!r}")
         _require(
@@ -322,6 +330,9 @@ class WorkloadConfig:
     client_processes: int = 1
     # latency targets for goodput and SLO attainment (SloConfig; server engines; analysis only)
     slo: dict | None = None
+    # engines' prefix caches (vLLM's, SGLang's radix cache, MLC's, llama.cpp server's) stay off so
+    # that no repeat is served from cache; true studies the cache on purpose
+    prefix_cache: bool = False
 
     def __post_init__(self):
         _require(

@@ -143,3 +143,16 @@ def test_an_slo_says_what_is_wrong_with_it():
         WorkloadConfig(slo={"ttft_s": -1})
     with pytest.raises(ConfigError, match="workload.slo names no target; give any of ttft_s, tpot_s, e2e_s"):
         WorkloadConfig(slo={"percentile": 90})
+
+
+def test_prefix_cache_flags_take_on_and_off_only():
+    from pipeline.config import ServerSettings
+
+    assert ServerSettings(command=["x"], prefix_cache_flags={"off": ["--no-cache"]}).prefix_cache_flags["off"]
+    # YAML's unquoted on/off keys arrive as booleans
+    assert ServerSettings(command=["x"], prefix_cache_flags={False: ["-a"], True: []}).prefix_cache_flags == {
+        "off": ["-a"],
+        "on": [],
+    }
+    with pytest.raises(ConfigError, match=r"prefix_cache_flags takes on and off, got \['of'\]"):
+        ServerSettings(command=["x"], prefix_cache_flags={"of": []})

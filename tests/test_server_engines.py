@@ -188,7 +188,7 @@ def test_vllm_server_cells(tmp_path, models_dir):
         assert summary["load_s"] > 0 and summary["peak_mem_kind"] == "server_rss"
         argv = summary["engine_args"]["argv"]  # the CPU's flags (devices.cpu), recorded
         assert summary["engine_device"] == "cpu" and argv[argv.index("--gpu-memory-utilization") + 1] == "0.3"
-        assert "--enforce-eager" in argv
+        assert "--enforce-eager" in argv and "--no-enable-prefix-caching" in argv  # vLLM's cache is on by default
         rows = check_rows(path, 4)
         assert (rows.output_tokens_retok > 0).all()
         # one event per token, each with its token ids: every token is a chunk, empty text or not
@@ -214,7 +214,7 @@ def test_llama_cpp_server_cells_with_exact_text_prompts(tmp_path, models_dir):
         rows = check_rows(path, 4)  # input_tokens: text prompts re-tokenized by the server to exactly 16
         # no usage from this server: max_tokens (it stopped for length), its empty closing event no token
         assert (rows.chunks == rows.output_tokens).all() and (rows.tokens_counted_by == "one_per_event").all()
-    assert "--interrupt_requests false" in run.stderr
+    assert "--interrupt_requests false" in run.stderr and "--cache false" in run.stderr
     assert running_with(str(gguf)) == []
 
 
@@ -259,3 +259,9 @@ def test_gpu_only_server_configs_launch_with_a_fake_binary(tmp_path, models_dir,
         assert argv[argv.index("--model-path") + 1] == model
         assert argv[argv.index("--dtype") + 1] == "bfloat16"
         assert argv[argv.index("--max-running-requests") + 1] == "2"
+        assert "--disable-radix-cache" in argv  # workload.prefix_cache false: no repeat from its radix cache
+    if engine == "mlc_server":  # its conf has no flag to turn the cache on: asking for it is a clear error
+        (asked,), _, _ = run_instance(
+            tmp_path / "on", engine, (2,), *overrides, *WORKLOAD, "workload.prefix_cache=true", precision=precision
+        )
+        assert asked["status"] == "error" and "has no flag to turn its prefix cache on" in asked["error"]

@@ -57,5 +57,6 @@ def test_vllm_cells_time_every_request(tmp_path, models_dir):
         assert summary["engine_device"] == "cpu"
         args = summary["engine_args"]
         assert args["enforce_eager"] is True and args["gpu_memory_utilization"] == 0.3
+        assert args["enable_prefix_caching"] is False  # repeats never served from its cache
         assert summary["engine_env"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert cell_figures(summaries[1])["output_tok_s"] > 0

@@ -49,7 +49,7 @@ class MLCEngine(Engine):
         config = {
             "max_num_sequence": max(self.max_batch_size, 1),
             "max_total_sequence_length": context * max(self.max_batch_size, 1),
-            "prefix_cache_mode": "disable",  # repeats must not be served from cache
+            "prefix_cache_mode": "radix" if self.cfg.workload.prefix_cache else "disable",  # repeats: not from cache
             **options,
         }
         engine_config = EngineConfig(**config)

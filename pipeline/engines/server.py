@@ -155,8 +155,17 @@ class ServerEngine(Engine):
             # KV-cache room for every sequence of the largest batch at full length (MLC sizes it by this)
             "kv_tokens": max(self.max_batch_size, 1) * (cfg.workload.input_tokens + cfg.workload.output_tokens),
         }
+        cache = "on" if cfg.workload.prefix_cache else "off"
+        if cache == "on" and "on" not in self.settings.prefix_cache_flags:
+            raise ServerFailed(
+                f"workload.prefix_cache=true, but engine {cfg.engine.name} has no flag to turn its prefix cache on "
+                "(engine.server.prefix_cache_flags.on)"
+            )
+        flags = self.settings.prefix_cache_flags.get(cache, [])
         try:
-            argv = [str(arg).format(**values) for arg in [*self.settings.command, *self.device_settings.extra_args]]
+            argv = [
+                str(arg).format(**values) for arg in [*self.settings.command, *flags, *self.device_settings.extra_args]
+            ]
         except KeyError as exc:
             known = sorted(values)
             raise ServerFailed(f"engine.server.command names an unknown placeholder {exc}; known: {known}") from None

@@ -22,7 +22,8 @@ class VLLMEngine(Engine):
 
     def load(self) -> None:
         vllm = self.require()
-        options = self.device_settings.options  # conf/engine/vllm.yaml: devices, with engine.options on top
+        # conf/engine/vllm.yaml: devices, with engine.options on top; the prefix cache off unless studied
+        options = {"enable_prefix_caching": self.cfg.workload.prefix_cache, **self.device_settings.options}
         self.args = {
             "model": model_source(self.cfg.model, self.cfg.models_dir),
             "dtype": self.cfg.engine_precision,
