@@ -66,7 +66,8 @@ class DeviceMemorySampler:
         if not handles:
             return None
         sampler = cls(root_pid, handles, nvml, **options)
-        sampler.sample()
+        with contextlib.suppress(Exception):  # the baseline sample; the thread keeps trying
+            sampler.sample()
         sampler._thread.start()
         return sampler
 
