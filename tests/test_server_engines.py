@@ -191,8 +191,12 @@ def test_vllm_server_cells(tmp_path, models_dir):
         assert "--enforce-eager" in argv and "--no-enable-prefix-caching" in argv  # vLLM's cache is on by default
         rows = check_rows(path, 4)
         assert (rows.output_tokens_retok > 0).all()
-        # one event per token, each with its token ids: every token is a chunk, empty text or not
-        assert (rows.chunks == rows.output_tokens).all() and (rows.tokens_counted_by == "server_counts").all()
+        # every event carries its token ids, so every token is counted, empty text or not; mostly one
+        # token an event, but vLLM merges a request's pending deltas into one event when its API
+        # server falls behind the engine (vllm/v1/engine/output_processor.py, RequestOutputCollector;
+        # seen once in a CI run: a request with fewer events than tokens)
+        assert (rows.tokens_counted_by == "server_counts").all()
+        assert (rows.chunks <= rows.output_tokens).all() and rows.chunks.sum() >= 0.75 * rows.output_tokens.sum()
     assert "vllm.entrypoints.openai.api_server" in run.stderr  # the server's log is in the cell's log
     assert running_with(str(models_dir / "tiny-llama")) == []
 
