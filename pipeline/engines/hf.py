@@ -46,9 +46,9 @@ class HFEngine(Engine):
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        requested = self.cfg.engine.device  # cuda:N as given; auto as chosen by select_device()
-        on_gpu = requested.startswith("cuda") or self.device_kind == "gpu"
-        self.device = torch.device(requested if requested.startswith("cuda") else "cuda" if on_gpu else "cpu")
+        requested = self.cfg.engine.device  # as given (cpu, cuda:N, ...); auto as select_device() chose
+        auto = "cuda" if self.device_kind == "gpu" else "cpu"
+        self.device = torch.device(auto if requested == "auto" else requested)
         self.dtype = getattr(torch, self.cfg.engine_precision)
         source = model_source(self.cfg.model, self.cfg.models_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(source)
