@@ -8,8 +8,9 @@ Every completion streams exactly max_tokens tokens: the first `ttft` seconds aft
 request arrived, token i at arrival + ttft + i * itl (an absolute schedule: no drift).
 It counts a token-id prompt's length exactly and a text prompt's by whitespace-separated
 words. Failure modes for the tests: --never-ready, --status 500, --die-after N (the process
-exits in the middle of its N+1th stream). GET /stats returns every stream's real send
-times, so a benchmark can tell the client's error from the server's own jitter.
+exits in the middle of its N+1th stream). GET /stats returns every finished stream's arrival
+and real send times (perf_counter, the clock the client stamps with), so a test or benchmark can
+tell the client's error from the server's own lateness.
 """
 
 from __future__ import annotations
@@ -169,9 +170,10 @@ class _Server(asyncio.Protocol):
                 pass
             pending.append(_token_event(kind, i, bool(body.get("return_token_ids"))))
             if len(pending) >= ARGS.events_per_write:
+                # stamped before the write: a client can never read an event before its stamp
+                sent.append(time.perf_counter())
                 write(_chunk(b"".join(pending)))
                 pending.clear()
-                sent.append(time.perf_counter())
                 if not self.writable.is_set():
                     await self.writable.wait()
             if self.transport.is_closing():

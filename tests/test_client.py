@@ -57,17 +57,38 @@ def parsed_run(target: Target, count: int, load: Load, body: dict | None = None)
     return run, [parse_response(raw, target.api) for raw in run.responses]
 
 
+def send_log(url: str, results) -> list[list[float]]:
+    """The server's own send times of each result's events, matched by arrival (same clock as the client's).
+
+    A loaded host makes the stand-in late, not the client wrong: comparing the client's stamps with
+    what the server really did keeps these tests about the client."""
+    streams = json.load(urllib.request.urlopen(url + "/stats", timeout=10))
+    matched = []
+    for r in results:
+        arrived_after_send = [s for s in streams if s["arrived"] >= r.t_send]
+        matched.append(min(arrived_after_send, key=lambda s: s["arrived"])["sent"])
+    return matched
+
+
+def delivery_lags(result, sent: list[float]) -> list[float]:
+    """Seconds from the server's write of each event to the client's stamp of it."""
+    assert len(result.chunk_times) == len(sent)
+    return [t - s for t, s in zip(result.chunk_times, sent, strict=True)]
+
+
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_measured_times_match_the_servers_schedule(scheduled_server, concurrency):
     target = Target.from_base_url(scheduled_server + "/v1")
     run, parsed = parsed_run(target, 2 * concurrency, Load(concurrency=concurrency))
     results = [p.result for p in parsed]
     assert all(r.success for r in results), [r.error for r in results]
-    ttft = statistics.median(r.chunk_times[0] - r.t_send for r in results)
-    tpot = statistics.median((r.chunk_times[-1] - r.chunk_times[0]) / (TOKENS - 1) for r in results)
-    # generous bounds for a busy 2-core CI box; the 1% figures come from tests/benchmarks/bench_client.py
-    assert TTFT <= ttft < TTFT * 1.10
-    assert tpot == pytest.approx(ITL, rel=0.10)
+    # the server never sends before it is due, and the client never stamps before the server sent
+    assert all(r.chunk_times[0] - r.t_send >= TTFT for r in results)
+    lags = [delivery_lags(r, sent) for r, sent in zip(results, send_log(scheduled_server, results), strict=True)]
+    assert min(min(lag) for lag in lags) >= 0
+    # each event stamped when it arrived: a few ms on a loaded 2-core box, never one inter-token gap per
+    # event (the sub-ms figures come from tests/benchmarks/bench_client.py)
+    assert statistics.median(lag for lag_r in lags for lag in lag_r) < 0.004
     for p in parsed:
         assert len(p.result.chunk_times) == TOKENS and p.result.output_tokens == TOKENS
         assert p.prompt_tokens == 32 and p.finish_reason is None
@@ -81,7 +102,8 @@ def test_waiting_for_a_slot_is_not_time_to_first_token(scheduled_server):
     _, parsed = parsed_run(target, 3, Load(concurrency=1))
     sends = [p.result.t_send for p in parsed]
     assert sends[2] - sends[0] > 2 * (TTFT + (TOKENS - 1) * ITL)
-    assert parsed[2].result.chunk_times[0] - sends[2] < TTFT * 1.10
+    # its TTFT is far below the time it waited (the margin absorbs a loaded host's lateness)
+    assert parsed[2].result.chunk_times[0] - sends[2] < TTFT + (sends[2] - sends[0]) / 4
 
 
 def test_open_loop_sends_on_a_seeded_poisson_schedule(scheduled_server):
@@ -97,7 +119,8 @@ def test_open_loop_sends_on_a_seeded_poisson_schedule(scheduled_server):
         planned.append(planned[-1] + rng.expovariate(rate))
     # sends follow the planned arrivals, not the end of earlier requests (open loop)
     offsets = [s - sends[0] - p for s, p in zip(sends, planned, strict=True)]
-    assert max(abs(o) for o in offsets) < 0.015, offsets
+    # a closed loop would fall behind by a whole request (~70 ms) per slot reuse; a loaded host by a few ms
+    assert statistics.median(abs(o) for o in offsets) < 0.005 and max(abs(o) for o in offsets) < 0.04, offsets
     assert all(p.result.success and len(p.result.chunk_times) == 4 for p in parsed)
 
 
@@ -122,7 +145,8 @@ def test_chat_api_reads_delta_content(scheduled_server):
 @pytest.mark.parametrize("token_ids", [False, True])
 def test_tokens_whose_text_is_held_back_still_arrive_on_time(api, token_ids):
     """Every 3rd token ends inside a character: its event has empty text. It is a token all the same."""
-    process, url = start_fake_server("--ttft", str(TTFT), "--itl", str(ITL), "--hold-every", "3")
+    itl = 0.030  # a held-back token stamped with the next one would be one whole gap late
+    process, url = start_fake_server("--ttft", str(TTFT), "--itl", str(itl), "--hold-every", "3")
     try:
         target = Target.from_base_url(url, api=api)
         body = (
@@ -139,6 +163,7 @@ def test_tokens_whose_text_is_held_back_still_arrive_on_time(api, token_ids):
         if token_ids:
             body["return_token_ids"] = True
         _, (parsed,) = parsed_run(target, 1, Load(), body)
+        (sent,) = send_log(url, [parsed.result])
     finally:
         process.kill()
         process.wait()
@@ -147,9 +172,9 @@ def test_tokens_whose_text_is_held_back_still_arrive_on_time(api, token_ids):
     assert len(result.chunk_times) == TOKENS and result.chunk_tokens == [1] * TOKENS
     assert result.counted_by == ("server_counts" if token_ids else "one_per_event")
     assert result.text == "".join(f" w{i}" for i in range(TOKENS))  # the held-back text came later
-    gaps = [b - a for a, b in zip(result.chunk_times, result.chunk_times[1:], strict=False)]
-    assert statistics.median(gaps) == pytest.approx(ITL, abs=0.002)  # no merged gaps
-    assert max(gaps) < 3 * ITL + 0.02
+    lags = delivery_lags(result, sent)
+    held = lags[2::3]  # the empty-text events
+    assert min(lags) >= 0 and statistics.median(held) < itl / 3, held  # stamped on arrival, not with the next
 
 
 def events(*payloads: dict) -> RawResponse:

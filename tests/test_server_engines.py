@@ -4,8 +4,10 @@ vLLM's and llama.cpp's own servers on the tiny model."""
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import urllib.request
 import uuid
 
 import pandas as pd
@@ -70,15 +72,19 @@ def test_openai_endpoint_cell_measures_the_known_schedule(tmp_path, models_dir):
         (summary,), (requests,), _ = run_instance(
             tmp_path, "openai", (4,), f"models_dir={models_dir}", f"engine.server.base_url={url}/v1", *WORKLOAD
         )
+        streams = json.load(urllib.request.urlopen(url + "/stats", timeout=10))
     finally:
         process.kill()
     assert summary["status"] == "ok", summary["error"]
     rows = check_rows(requests, 4)
     assert (rows.chunks == 8).all() and (rows.output_tokens_retok > 0).all()
     metrics = cell_figures(tmp_path / "openai/tiny-llama/fp32/bs4/summary.json")
-    # loose bounds (a busy CI box can hold a first token back a scheduler tick); bench_client.py measures the 1%
-    assert 0.05 <= metrics["ttft_s_p50"] < 0.075
-    assert metrics["e2e_s_p50"] == pytest.approx(0.05 + 7 * 0.005, rel=0.1)
+    # against what the stand-in really did (a loaded host makes it late, not the client wrong);
+    # bench_client.py measures the client's error to the 1%
+    server_ttft = statistics.median(s["sent"][0] - s["arrived"] for s in streams)
+    server_e2e = statistics.median(s["sent"][-1] - s["arrived"] for s in streams)
+    assert 0.05 <= metrics["ttft_s_p50"] < server_ttft + 0.01
+    assert 0.05 + 7 * 0.005 <= metrics["e2e_s_p50"] < server_e2e + 0.01
     assert summary["client"]["processes"] == 1 and summary["client"]["saturated"] is False
     # goodput, judged in collect from the same requests: the stand-in's TTFT is 50 ms, TPOT 5 ms
     from pipeline.analysis.collect import collect
