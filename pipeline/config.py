@@ -307,6 +307,69 @@ class SloConfig:
         return f"p{self.percentile:g} {shown}"
 
 
+SEARCH_OVER = ("concurrency", "rate")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The most load that meets workload.slo (workload.search), found inside one engine instance
+    by pipeline.run.load_search: over `concurrency` (requests in flight, closed loop) or `rate`
+    (Poisson arrivals per second, open loop, at most the cell's batch size in flight), from `min`
+    up to `max`, to within `step`."""
+
+    over: str = "concurrency"
+    max: float = 64
+    min: float | None = None  # None: 1 request in flight, or one step of rate
+    step: float | None = None  # None: 1 for concurrency, max / 16 for rate
+    requests: int | None = None  # per probe; None: the larger of num_requests and 3 x concurrency (or rate x 3 s)
+    max_probes: int = 16
+    budget_s: float = 600.0  # no probe starts after this much searching
+
+    def __post_init__(self):
+        _require(self.over in SEARCH_OVER, f"workload.search.over must be concurrency or rate, got {self.over!r}")
+        for key in ("max", "min", "step"):
+            value = getattr(self, key)
+            _require(
+                value is None or (isinstance(value, int | float) and not isinstance(value, bool) and value > 0),
+                f"workload.search.{key} must be a number > 0, got {value!r}",
+            )
+        if self.over == "concurrency":
+            for key in ("max", "min", "step"):
+                value = getattr(self, key)
+                _require(
+                    value is None or float(value).is_integer(),
+                    f"workload.search.{key} counts requests in flight: a whole number, got {value!r}",
+                )
+        _require(self.lowest <= self.max, f"workload.search.min ({self.lowest:g}) must be <= max ({self.max:g})")
+        _require(self.requests is None or self.requests >= 1, "workload.search.requests must be >= 1 or null")
+        _require(self.max_probes >= 2, f"workload.search.max_probes must be >= 2, got {self.max_probes}")
+        _require(self.budget_s > 0, f"workload.search.budget_s must be > 0, got {self.budget_s}")
+
+    @property
+    def resolution(self) -> float:
+        if self.step is not None:
+            return float(self.step)
+        return 1.0 if self.over == "concurrency" else self.max / 16
+
+    @property
+    def lowest(self) -> float:
+        return float(self.min) if self.min is not None else self.resolution
+
+    @classmethod
+    def parse(cls, value) -> SearchConfig | None:
+        if value is None or value == {}:
+            return None
+        _require(
+            isinstance(value, dict),
+            f"workload.search must be a mapping like {{over: concurrency, max: 64}}, got {value!r}",
+        )
+        return build_section(cls, "workload.search", dict(value))
+
+    def describe(self) -> str:
+        unit = " in flight" if self.over == "concurrency" else " req/s"
+        return f"{self.over} {self.lowest:g}-{self.max:g}{unit}, step {self.resolution:g}"
+
+
 @dataclass(frozen=True)
 class WorkloadConfig:
     name: str = "default"
@@ -328,8 +391,11 @@ class WorkloadConfig:
     # batch_size requests in flight (closed loop); and the client processes that send them
     request_rate: float | None = None
     client_processes: int = 1
-    # latency targets for goodput and SLO attainment (SloConfig; server engines; analysis only)
+    # latency targets for goodput and SLO attainment (SloConfig; server engines; analysis only
+    # unless a search uses them)
     slo: dict | None = None
+    # server engines: the most load that meets the SLO, searched once per engine instance (SearchConfig)
+    search: dict | None = None
     # engines' prefix caches (vLLM's, SGLang's radix cache, MLC's, llama.cpp server's) stay off so
     # that no repeat is served from cache; true studies the cache on purpose
     prefix_cache: bool = False
@@ -348,6 +414,11 @@ class WorkloadConfig:
         self.repeat_policy  # noqa: B018 (validates)
         self.slo_config  # noqa: B018 (validates)
         _require(
+            self.search_config is None or self.slo_config is not None,
+            "workload.search looks for the most load that meets an SLO, and workload.slo gives none: "
+            "add e.g. workload.slo={tpot_s: 0.05, percentile: 90}",
+        )
+        _require(
             0 < self.steady_tolerance < 1, f"workload.steady_tolerance must be in (0, 1), got {self.steady_tolerance}"
         )
         _require(self.warmup_max_rounds >= 1, f"workload.warmup_max_rounds must be >= 1, got {self.warmup_max_rounds}")
@@ -361,6 +432,10 @@ class WorkloadConfig:
     @property
     def slo_config(self) -> SloConfig | None:
         return SloConfig.parse(self.slo)
+
+    @property
+    def search_config(self) -> SearchConfig | None:
+        return SearchConfig.parse(self.search)
 
 
 @dataclass(frozen=True)

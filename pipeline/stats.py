@@ -22,6 +22,8 @@ The rules, stated once (README, "What the numbers mean"):
 - **First-repeat outlier**: with at least three repeats, the first is an outlier when it lies
   outside the others' range by more than `tolerance` of their median (a warm-up the rule
   missed); the measurement then discards and redoes it once.
+- **SLO met**: for each target of workload.slo, at least `percentile`% of the requests within
+  it; a failed request is within none (`slo_figures`: cells in collect, probes in the load search).
 """
 
 from __future__ import annotations
@@ -256,3 +258,38 @@ def headline_intervals(records: Sequence[dict]) -> dict[str, tuple[float, float,
             clusters.append(start)
     out["output_tok_s"] = ratio_interval(tokens, windows, clusters=clusters)
     return out
+
+
+def meets(record: dict, targets: dict[str, float]) -> bool:
+    """A request within every target; a failed request meets none."""
+    return bool(record["success"]) and all(
+        record[key] is not None and record[key] <= target for key, target in targets.items()
+    )
+
+
+def total_window(records: list[dict]) -> float:
+    """The measured windows of the repeats, summed (each repeat's first send to its last token)."""
+    return sum(window for rows in by_repeat(records).values() if (window := measured_window(rows)))
+
+
+def slo_figures(records: list[dict], slo) -> dict:
+    """SLO attainment and goodput of a cell's measured requests against `slo` (a
+    pipeline.config.SloConfig; None: {}). One rule for collect, which judges each cell, and the
+    load search, which judges each probe as it runs."""
+    if slo is None:
+        return {}
+    records = [r for r in records if not r.get("discarded")]
+    targets = slo.targets
+    good = [r for r in records if meets(r, targets)]
+    window = total_window(records)
+
+    def share_within(key: str, target: float) -> float:
+        return sum(meets(r, {key: target}) for r in records) / len(records)
+
+    return {
+        "slo": slo.describe(),
+        "slo_attainment": len(good) / len(records) if records else None,
+        "slo_met": all(share_within(k, t) >= slo.percentile / 100 for k, t in targets.items()) if records else None,
+        "goodput_req_s": len(good) / window if window else None,
+        "goodput_tok_s": sum(r["output_tokens"] for r in good) / window if window else None,
+    }

@@ -5,7 +5,8 @@ tests and benchmarks (a real engine's timing is unknown; this one's is the truth
     python tests/fake_openai_server.py --port 8123 --ttft 0 --itl 0 --events-per-write 32   # flat out
 
 Every completion streams exactly max_tokens tokens: the first `ttft` seconds after the
-request arrived, token i at arrival + ttft + i * itl (an absolute schedule: no drift).
+request arrived, token i at arrival + ttft + i * itl (an absolute schedule: no drift); with
+--itl-per-other, itl grows by that much per other stream in flight at arrival (a known load law).
 It counts a token-id prompt's length exactly and a text prompt's by whitespace-separated
 words. Failure modes for the tests: --never-ready, --status 500, --die-after N (the process
 exits in the middle of its N+1th stream). GET /stats returns every finished stream's arrival
@@ -27,6 +28,12 @@ parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--ttft", type=float, default=0.150, help="seconds from request to first token")
 parser.add_argument("--itl", type=float, default=0.012, help="seconds between tokens")
+parser.add_argument(
+    "--itl-per-other",
+    type=float,
+    default=0.0,
+    help="a load law: each stream's gap between tokens grows by this much per other stream in flight when it arrived",
+)
 parser.add_argument("--model", default="fake-model")
 parser.add_argument("--events-per-write", type=int, default=1, help="SSE events per socket write (throughput mode)")
 parser.add_argument("--never-ready", action="store_true", help="answer 503 to every readiness probe")
@@ -44,6 +51,7 @@ parser.add_argument(
 ARGS = parser.parse_args()
 STATS: list[dict] = []
 STARTED = 0
+IN_FLIGHT = 0
 SPIN_S = 0.0015
 
 
@@ -122,6 +130,7 @@ class _Server(asyncio.Protocol):
         self.answer(method, path, body, arrived)
 
     def answer(self, method: str, path: str, body: dict, arrived: float) -> None:
+        global IN_FLIGHT
         write = self.transport.write
         if method == "GET" and path in ("/v1/models", "/health"):
             if ARGS.never_ready:
@@ -136,14 +145,23 @@ class _Server(asyncio.Protocol):
                 error = {"error": {"message": "injected failure", "code": ARGS.status}}
                 write(_response(ARGS.status, json.dumps(error).encode()))
             elif body.get("stream"):
-                asyncio.ensure_future(self.stream(body, chat, arrived))
+                itl = ARGS.itl + ARGS.itl_per_other * IN_FLIGHT  # counted on arrival, before this one joins
+                IN_FLIGHT += 1
+                asyncio.ensure_future(self.stream(body, chat, arrived, itl))
             else:
                 usage = {"prompt_tokens": _prompt_tokens(body, chat), "completion_tokens": body.get("max_tokens", 16)}
                 write(_response(200, json.dumps({"choices": [{"text": ""}], "usage": usage}).encode()))
         else:
             write(_response(404, b'{"error": "not found"}'))
 
-    async def stream(self, body: dict, chat: bool, arrived: float) -> None:
+    async def stream(self, body: dict, chat: bool, arrived: float, itl: float) -> None:
+        global IN_FLIGHT
+        try:
+            await self._stream(body, chat, arrived, itl)
+        finally:
+            IN_FLIGHT -= 1
+
+    async def _stream(self, body: dict, chat: bool, arrived: float, itl: float) -> None:
         global STARTED
         STARTED += 1
         dies = ARGS.die_after is not None and ARGS.die_after < STARTED
@@ -162,10 +180,12 @@ class _Server(asyncio.Protocol):
         for i in range(tokens):
             if dies and i == tokens // 2:
                 os._exit(3)
-            due = arrived + ARGS.ttft + i * ARGS.itl
-            if due - loop.time() > SPIN_S:
-                # the event loop wakes up to 1 ms late (epoll's resolution): sleep short, then spin
-                await asyncio.sleep(due - loop.time() - SPIN_S)
+            due = arrived + ARGS.ttft + i * itl
+            # the event loop wakes up to 1 ms late (epoll's resolution): sleep short, then spin; but
+            # only with few streams, whose spins would otherwise hold each other's tokens back
+            spin = SPIN_S if IN_FLIGHT <= 2 else 0.0
+            if due - loop.time() > spin:
+                await asyncio.sleep(due - loop.time() - spin)
             while loop.time() < due:
                 pass
             pending.append(_token_event(kind, i, bool(body.get("return_token_ids"))))

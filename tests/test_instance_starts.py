@@ -32,6 +32,6 @@ def test_each_start_is_a_fresh_engine_and_every_cell_pools_its_starts(tmp_path, 
         requests = pd.read_csv(cell / "requests.csv")
         assert requests.groupby("start").repeat.unique().map(list).to_dict() == {0: [0, 1], 1: [2, 3]}
         assert len(requests) == 2 * 2 * 2  # 2 starts x 2 repeats x 2 requests (2 waves of 1, or 1 of 2)
-    cells, _ = collect(sorted(results.rglob("summary.json")))
+    cells, _, _ = collect(sorted(results.rglob("summary.json")))
     assert (cells.instance_starts == 2).all() and (cells.repeats_kept == 4).all()
     assert ((cells.tpot_s_p50_low < cells.tpot_s_p50) & (cells.tpot_s_p50 < cells.tpot_s_p50_high)).all()

@@ -103,8 +103,8 @@ def _failed(repeat, t_send):
 
 
 def test_goodput_counts_only_the_requests_that_meet_every_target():
-    from pipeline.analysis.metrics import slo_figures
     from pipeline.config import SloConfig
+    from pipeline.stats import slo_figures
 
     # one repeat, window 0.0 -> 2.0 s; 5 tokens each, TPOT = (e2e - ttft) / 4
     records = [

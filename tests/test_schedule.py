@@ -199,3 +199,26 @@ def test_an_slo_is_for_server_engines_and_never_re_measures_a_cell(tmp_path):
     # judged in collect: the same measurement with or without it
     with_slo = tree.digest("vllm_server", "tiny-llama", "bf16")
     assert with_slo == load_plan(str(matrix), CONF)[1].digest("vllm_server", "tiny-llama", "bf16")
+
+
+def test_a_load_search_needs_an_slo_measures_against_it_and_budgets_its_time(tmp_path):
+    from pipeline.plan.matrix import PlanError
+
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("engine: [vllm_server]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    with pytest.raises(PlanError, match=r"workload.search looks for the most load that meets an SLO.*workload.slo="):
+        plan, tree = load_plan(str(matrix), CONF, ["workload.search={over: concurrency, max: 8}"])
+        schedule(plan, tree, tmp_path / "results")
+    search = "workload.search={over: concurrency, max: 8}"
+
+    def planned(*overrides):
+        plan, tree = load_plan(str(matrix), CONF, list(overrides))
+        return tree.digest("vllm_server", "tiny-llama", "bf16"), schedule(plan, tree, tmp_path / "results").jobs[0]
+
+    plain_digest, plain_job = planned("workload.slo={tpot_s: 0.05}")
+    searched_digest, searched_job = planned("workload.slo={tpot_s: 0.05}", search)
+    # the search's probes are judged against the SLO as they run: another SLO is another measurement
+    assert searched_digest != plain_digest
+    assert searched_digest != planned("workload.slo={tpot_s: 0.05}", "workload.search={max: 16}")[0]
+    assert searched_digest != planned("workload.slo={tpot_s: 0.09}", search)[0]
+    assert searched_job.runtime_min >= plain_job.runtime_min + (600 + 600) // 60  # budget_s + one probe's timeout

@@ -275,3 +275,38 @@ def test_gpu_only_server_configs_launch_with_a_fake_binary(tmp_path, models_dir,
             tmp_path / "on", engine, (2,), *overrides, *WORKLOAD, "workload.prefix_cache=true", precision=precision
         )
         assert asked["status"] == "error" and "has no flag to turn its prefix cache on" in asked["error"]
+
+
+def test_load_search_runs_once_per_instance_and_every_cell_carries_it(tmp_path, models_dir):
+    """The stand-in's load law (tests/test_load_search.py): p90 TPOT <= 31 ms holds up to 11 in flight."""
+    from pipeline.analysis.collect import collect
+    from pipeline.config import SloConfig
+    from pipeline.report.render import write_report
+
+    marker = f"fake-{uuid.uuid4().hex[:8]}"
+    law = ("--ttft", "0.02", "--itl", "0.010", "--itl-per-other", "0.002")
+    search = ["workload.slo={tpot_s:0.031}", "workload.search={over:concurrency,max:16}"]
+    summaries, _, run = run_instance(
+        tmp_path, "openai", (1, 2), f"models_dir={models_dir}", *launched_fake(marker, *law), *WORKLOAD, *search
+    )
+    assert [s["status"] for s in summaries] == ["ok", "ok"], [s["error"] for s in summaries]
+    first, second = summaries
+    assert first["search"]["result"] == 11 and second["search"] is None  # once, in the first cell
+    assert "search: the most load meeting p90 TPOT <= 31 ms is concurrency 11" in run.stderr
+    paths = sorted(tmp_path.rglob("summary.json"))
+    cells, _, points = collect(paths, slo=SloConfig(tpot_s=0.031))
+    assert cells["slo_max_concurrency"].tolist() == [11, 11] and cells["slo_search_missed_at"].tolist() == [12, 12]
+    assert set(cells["slo_search_cell"]) == {first["cell_id"]}
+    assert points["load"].tolist() == [1, 2, 4, 8, 16, 12, 10, 11, 11] and points["met"].sum() == 7
+    assert (points["tpot_s_target"] == 0.031).all()
+    cells_csv, search_csv = tmp_path / "cells.csv", tmp_path / "search.csv"
+    cells.to_csv(cells_csv, index=False)
+    points.to_csv(search_csv, index=False)
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("engines: [openai]\n")
+    index = write_report(cells_csv, None, matrix, tmp_path / "report", search_csv)
+    report = (tmp_path / "report/report.md").read_text()
+    assert "Load within the SLO (p90 TPOT &lt;= 31 ms): openai fp32 carries the most, 11 requests in flight." in report
+    html = index.read_text()
+    assert "## The most load within the SLO" in report and 'id="search-table"' in html
+    assert '<figure id="plot-load_search">' in html  # latency against load, the SLO line, the boundary

@@ -1,6 +1,8 @@
-"""Cell results -> results/<matrix>/cells.csv (one row per cell) and requests.csv (per request).
+"""Cell results -> results/<matrix>/cells.csv (one row per cell), requests.csv (per request) and
+search.csv (per load-search probe).
 
-    python -m pipeline.analysis.collect --cells OUT.csv --requests OUT.csv [--hardware NAME] SUMMARY.json ...
+    python -m pipeline.analysis.collect --cells OUT.csv --requests OUT.csv [--search OUT.csv] \
+        [--hardware NAME] SUMMARY.json ...
 
 Everything derived is computed here, from what the jobs measured: per-cell statistics from
 each cell's requests.csv, the datasheet entry for the machine the cell ran on (conf/hardware/
@@ -18,12 +20,13 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.analysis.diagnosis import diagnose
-from pipeline.analysis.metrics import slo_figures, summarize
+from pipeline.analysis.metrics import summarize
 from pipeline.analysis.roofline import cell_roofline, select_hardware
-from pipeline.config import CellConfig, ConfigError, HardwareConfig, SloConfig
+from pipeline.config import SLO_TARGETS, CellConfig, ConfigError, HardwareConfig, SloConfig
 from pipeline.plan.conf import CONF_DIR, ConfTree
 from pipeline.results.schema import AXES, CELL_COLUMN_NAMES, FINAL, STATUSES, CellResult
 from pipeline.results.store import atomic_write, read_result
+from pipeline.stats import slo_figures
 
 
 def read_records(requests_csv: Path) -> list[dict]:
@@ -157,20 +160,75 @@ def cell_row(
     return row
 
 
+SEARCH_POINT_COLUMNS = (
+    "cell_id",
+    *AXES,
+    "over",
+    "slo",
+    "probe",
+    "phase",
+    "load",
+    "met",
+    "requests",
+    "failed",
+    "attainment",
+    "goodput_req_s",
+    "goodput_tok_s",
+    *(f"{key}_{end}" for key in SLO_TARGETS for end in ("target", "p50", "slo_pct", "slo_pct_low", "slo_pct_high")),
+    "why",
+    "wall_s",
+    "result",
+)
+
+
+def search_columns(search: dict | None, cell_id: str) -> dict:
+    """An instance's load search as cells.csv columns (empty without one)."""
+    if not search:
+        return {}
+    found = {"concurrency": "slo_max_concurrency", "rate": "slo_max_rate"}[search["over"]]
+    return {
+        found: search["result"],
+        "slo_search_missed_at": search["missed_at"],
+        "slo_search_probes": search["probes"],
+        "slo_search_reason": search["reason"],
+        "slo_search_cell": cell_id,
+    }
+
+
+def search_points(result: CellResult) -> list[dict]:
+    """One row per probe of the search this cell ran (search.csv)."""
+    search = result.search or {}
+    targets = {f"{key}_target": value for key, value in (search.get("targets") or {}).items()}
+    return [
+        {"cell_id": result.cell_id, **result.cell.axes(), "over": search["over"], "slo": search["slo"],
+         "result": search["result"], **targets, **point}
+        for point in search.get("points", [])
+    ]  # fmt: skip
+
+
 def collect(
     summary_paths: list[Path], hardware: str = "auto", conf_dir: Path = CONF_DIR, slo: SloConfig | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """hardware: the conf/hardware/ entry to judge the cells against (auto: detect per cell);
-    slo: the latency targets for goodput, as the matrix's workload states them now."""
+    slo: the latency targets for goodput, as the matrix's workload states them now.
+    Returns cells, requests and the load searches' probes."""
     tree = ConfTree(conf_dir, [f"hardware={hardware}"])
     requested, entries = tree.requested_hardware(), tree.hardware_entries()  # the datasheets, read once
-    rows, requests = [], []
+    rows, requests, points = [], [], []
+    results = []
     for path in summary_paths:
         result = read_result(path)
         if result is None:
             raise FileNotFoundError(f"{path}: missing, unreadable or of another schema version")
+        results.append((path, result))
+    searched = {
+        (r.engine, r.model, r.precision): search_columns(r.search, r.cell_id) for _, r in results if r.search
+    }  # the latest summary wins where two cells of one instance searched (a retried cell)
+    for path, result in results:
         records = read_records(Path(path).with_name("requests.csv"))
         rows.append(cell_row(result, records, requested, entries, slo))
+        rows[-1].update(searched.get((result.engine, result.model, result.precision), {}))
+        points += search_points(result)
         if records:
             frame = pd.DataFrame.from_records(records)
             for position, key in enumerate(("cell_id", *AXES)):
@@ -181,7 +239,8 @@ def collect(
     diagnosis = diagnose(cells)  # across cells: batch scaling, fits across model sizes
     cells[diagnosis.columns] = diagnosis
     per_request = pd.concat(requests, ignore_index=True) if requests else pd.DataFrame(columns=["cell_id"])
-    return cells, per_request
+    search = pd.DataFrame(points).reindex(columns=list(SEARCH_POINT_COLUMNS))
+    return cells, per_request, search
 
 
 def status_line(cells_csv: str | Path) -> str:
@@ -205,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hardware", default="auto", help="datasheet entry (conf/hardware/NAME.yaml); auto: detect per cell"
     )
+    parser.add_argument("--search", type=Path, help="output: one row per load-search probe (workload.search)")
     parser.add_argument("--slo", default="null", help="workload.slo as JSON, e.g. '{\"tpot_s\": 0.05}' (null: none)")
     parser.add_argument("summaries", nargs="+", type=Path)
     args = parser.parse_args(argv)
     try:
-        cells, requests = collect(args.summaries, args.hardware, slo=SloConfig.parse(json.loads(args.slo)))
+        cells, requests, search = collect(args.summaries, args.hardware, slo=SloConfig.parse(json.loads(args.slo)))
     except ConfigError as exc:
         parser.error(str(exc))
-    for frame, path in ((cells, args.cells), (requests, args.requests)):
+    outputs = [(cells, args.cells), (requests, args.requests)] + ([(search, args.search)] if args.search else [])
+    for frame, path in outputs:
         atomic_write(path, lambda handle, frame=frame: frame.to_csv(handle, index=False))
     print(f"collected {len(cells)} cells, {len(requests)} requests", file=sys.stderr)
     return 0

@@ -23,9 +23,8 @@ import statistics
 
 import numpy as np
 
-from pipeline.config import SloConfig
 from pipeline.results.schema import PERCENTILES
-from pipeline.stats import by_repeat, headline_intervals, measured_window
+from pipeline.stats import by_repeat, headline_intervals, measured_window, total_window
 
 
 def _stats(name: str, values: list[float]) -> dict[str, float | None]:
@@ -62,7 +61,7 @@ def summarize(records: list[dict]) -> dict[str, float | int | None]:
     # Throughput and TPOT per repeat (each repeat's own window), then over all repeats.
     groups = by_repeat(records)
     per_repeat, tpot_per_repeat = [], []
-    total_window = _total_window(records)
+    window_total = total_window(records)
     for rows in groups.values():
         window = measured_window(rows)
         if window:
@@ -70,8 +69,8 @@ def summarize(records: list[dict]) -> dict[str, float | int | None]:
         tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
         if tpots:
             tpot_per_repeat.append(float(np.median(tpots)))
-    figures["output_tok_s"] = sum(tokens) / total_window if total_window else None
-    figures["req_s"] = len(ok) / total_window if total_window else None
+    figures["output_tok_s"] = sum(tokens) / window_total if window_total else None
+    figures["req_s"] = len(ok) / window_total if window_total else None
     figures["output_tok_s_repeats"] = json.dumps(per_repeat)
     figures["tpot_s_p50_repeats"] = json.dumps(tpot_per_repeat)
     figures["output_tok_s_spread"] = spread(per_repeat)
@@ -83,38 +82,6 @@ def summarize(records: list[dict]) -> dict[str, float | int | None]:
     words = sum(r["words"] for r in ok)
     figures["ms_per_10_words"] = 10_000 * sum(r["e2e_s"] for r in ok) / words if words else None
     return figures
-
-
-def _total_window(records: list[dict]) -> float:
-    """The measured windows of the repeats, summed (each repeat's first send to its last token)."""
-    return sum(window for rows in by_repeat(records).values() if (window := measured_window(rows)))
-
-
-def _meets(record: dict, targets: dict[str, float]) -> bool:
-    return bool(record["success"]) and all(
-        record[key] is not None and record[key] <= target for key, target in targets.items()
-    )
-
-
-def slo_figures(records: list[dict], slo: SloConfig | None) -> dict:
-    """SLO attainment and goodput of a cell's measured requests (module docstring); {} without an SLO."""
-    if slo is None:
-        return {}
-    records = [r for r in records if not r.get("discarded")]
-    targets = slo.targets
-    good = [r for r in records if _meets(r, targets)]
-    window = _total_window(records)
-
-    def share_within(key: str, target: float) -> float:
-        return sum(_meets(r, {key: target}) for r in records) / len(records)
-
-    return {
-        "slo": slo.describe(),
-        "slo_attainment": len(good) / len(records) if records else None,
-        "slo_met": all(share_within(k, t) >= slo.percentile / 100 for k, t in targets.items()) if records else None,
-        "goodput_req_s": len(good) / window if window else None,
-        "goodput_tok_s": sum(r["output_tokens"] for r in good) / window if window else None,
-    }
 
 
 def spread(values: list[float]) -> float | None:

@@ -81,12 +81,13 @@ def compose_cell(overrides: list[str], conf_dir: Path = CONF_DIR) -> CellConfig:
 def measurement_digest(sections: dict[str, Any]) -> str:
     """A fingerprint of what a cell is measured with: its composed engine, model, precision and
     workload sections, normalized through their dataclasses (defaults filled in, key order and
-    override order irrelevant). Hardware datasheets, the SLO, comments and analysis code are not in it:
-    changing them re-runs collect and the report, never an engine."""
+    override order irrelevant). Hardware datasheets, the SLO (unless a load search uses it),
+    comments and analysis code are not in it: changing them re-runs collect and the report, never an engine."""
     canonical = {
         name: dataclasses.asdict(build_section(cls, name, sections[name])) for name, cls in MEASUREMENT_SECTIONS.items()
     }
-    canonical["workload"].pop("slo")  # judged in collect, from the requests: no reason to measure again
+    if canonical["workload"]["search"] is None:  # a search measures against the SLO; otherwise collect judges it
+        canonical["workload"].pop("slo")
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -43,7 +43,7 @@ ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
 
 # Settings whose value is a whole mapping, null by default: set as one (workload.slo={tpot_s: 0.05}),
 # since a dotted key below a null cannot be overridden.
-WHOLE_MAPPINGS = ("workload.slo",)
+WHOLE_MAPPINGS = ("workload.slo", "workload.search")
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -124,6 +124,7 @@ class Schedule:
             *(package / "analysis").glob("*.py"),
             package / "models" / "shape.py",
             package / "results" / "schema.py",
+            package / "stats.py",
         ]
         return sorted(str(path) for path in files)
 
@@ -194,6 +195,8 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
         # worst case: every cell of every engine start times out and the next one starts a fresh engine
         per_start = len(pending) * (engine.load_timeout_s + base.workload.timeout_s)
         runtime_s = base.workload.instance_starts * per_start + RUNTIME_MARGIN_S
+        if base.workload.search_config is not None:  # once per instance, its last probe may overrun the budget
+            runtime_s += base.workload.search_config.budget_s + base.workload.timeout_s
         weights, guessed = model_weight_bytes(
             model_configs[instance.model], tree.precision(instance.precision), models_dir
         )

@@ -77,6 +77,14 @@ def _failures(context: dict) -> list[str]:
     return parts
 
 
+def _search(context: dict) -> list[str]:
+    if not context["search_rows"]:
+        return []
+    headers = [header for header, _ in context["search_headers"]]
+    rows = [[r[key] for _, key in context["search_headers"]] for r in context["search_rows"]]
+    return ["## The most load within the SLO", "", table(headers, rows), ""]
+
+
 def _noise(context: dict) -> list[str]:
     parts = [
         "## Noise",
@@ -115,5 +123,6 @@ def render_markdown(context: dict) -> str:
         f"generated {md_escape(context['generated_at'])}. The plots are in index.html.",
         "",
     ]
-    sections = _verdict(context) + _cells(context) + _failures(context) + _noise(context) + _environment(context)
+    sections = _verdict(context) + _cells(context) + _failures(context) + _search(context) + _noise(context)
+    sections += _environment(context)
     return "\n".join(head + sections)

@@ -324,7 +324,51 @@ def roofline_plot(cells: pd.DataFrame) -> Figure | None:
     return figure
 
 
-def all_plots(cells: pd.DataFrame, requests: pd.DataFrame) -> list[Plot]:
+SLO_NAMES = {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E"}
+
+
+def search_plot(search: pd.DataFrame, cells: pd.DataFrame) -> Figure | None:
+    """The load searches: per model and SLO target, the target's percentile at each probed load
+    (with its 95% interval), the target as a dashed line, each configuration's answer as a dotted one."""
+    if search is None or search.empty:
+        return None
+    search = search.copy()
+    search["config"] = search["engine"].astype(str) + " " + search["precision"].astype(str)
+    targets = [k for k in SLO_NAMES if search[f"{k}_slo_pct_low"].notna().any()]
+    panels = [(model, key) for model in sorted(search["model"].astype(str).unique()) for key in targets]
+    if not panels:
+        return None
+    figure, axes = _panels(len(panels))
+    colors = config_colors(cells)
+    for axis, (model, key) in zip(axes, panels, strict=True):
+        of_model = search[search["model"].astype(str) == model]
+        for config, points in of_model.groupby("config", sort=True):
+            points = points.sort_values(["load", "probe"])
+            values = points[f"{key}_slo_pct"].astype(float) * 1e3
+            low = values - points[f"{key}_slo_pct_low"].astype(float) * 1e3
+            high = points[f"{key}_slo_pct_high"].astype(float) * 1e3 - values
+            color = colors.get(config, "black")
+            axis.errorbar(points["load"], values, yerr=[low.clip(lower=0), high.clip(lower=0)], fmt="o", ms=3,
+                          color=color, label=plain(config), capsize=2)  # fmt: skip
+            by_load = points.groupby("load")[f"{key}_slo_pct"].median() * 1e3
+            axis.plot(by_load.index, by_load.values, color=color, alpha=0.6)
+            found = points["result"].dropna()
+            if not found.empty:
+                axis.axvline(float(found.iloc[0]), color=color, linestyle=":", linewidth=1)
+        target = of_model[f"{key}_target"].dropna()
+        if not target.empty:
+            axis.axhline(float(target.iloc[0]) * 1e3, color="black", linestyle="--", linewidth=1, label="SLO target")
+        over = str(of_model["over"].dropna().iloc[0]) if of_model["over"].notna().any() else "load"
+        axis.set_xlabel("requests in flight" if over == "concurrency" else "requests/s (Poisson)")
+        axis.set_ylabel(f"{SLO_NAMES[key]} at the SLO percentile (ms)")
+        axis.set_title(plain(f"{model}: {SLO_NAMES[key]}"))
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    _shared_legend(figure, axes)
+    return figure
+
+
+def all_plots(cells: pd.DataFrame, requests: pd.DataFrame, search: pd.DataFrame | None = None) -> list[Plot]:
     """Every plot the data allows, in report order; a plot without data is left out."""
     specs = [
         (
@@ -366,6 +410,14 @@ def all_plots(cells: pd.DataFrame, requests: pd.DataFrame) -> list[Plot]:
             "Achieved memory bandwidth vs peak",
             "Bytes read per decode step / TPOT, per cell, against the measured and datasheet peaks.",
             lambda: roofline_bars(cells),
+        ),
+        (
+            "load_search",
+            "The most load within the SLO",
+            "Each point is one probe of the load search at one load: the SLO target's percentile over its requests, "
+            "with its 95% interval; the dashed line is the target, each dotted line the largest load that met the "
+            "SLO every time it was probed (pipeline/run/load_search.py states the method).",
+            lambda: search_plot(search, cells),
         ),
     ]
     plots = []

@@ -23,12 +23,14 @@ from pipeline.report.plots import all_plots
 from pipeline.report.tables import (
     NOISE_HEADERS,
     NOISE_RULE,
+    SEARCH_HEADERS,
     cell_columns,
     cell_rows,
     environment_rows,
     failure_rows,
     flagged_rows,
     noise_rows,
+    search_rows,
     starts_note,
 )
 from pipeline.report.verdict import noise_warnings, verdict
@@ -61,7 +63,21 @@ def _status_counts(cells: pd.DataFrame) -> str:
     return ", ".join(f"{n} {status}" for status, n in cells["status"].value_counts().items()) or "none"
 
 
-def build_context(cells: pd.DataFrame, requests: pd.DataFrame, matrix_name: str, matrix_text: str) -> dict:
+def load_search(path: Path | None) -> pd.DataFrame | None:
+    """search.csv (the load searches' probes), or None where there is none."""
+    if path is None or not path.exists() or path.stat().st_size == 0:
+        return None
+    search = pd.read_csv(path)
+    return None if search.empty else search
+
+
+def build_context(
+    cells: pd.DataFrame,
+    requests: pd.DataFrame,
+    matrix_name: str,
+    matrix_text: str,
+    search: pd.DataFrame | None = None,
+) -> dict:
     """Everything both renderings show, computed once."""
     columns = cell_columns(cells)
     ok = cells[cells["status"] == "ok"]
@@ -74,11 +90,13 @@ def build_context(cells: pd.DataFrame, requests: pd.DataFrame, matrix_name: str,
         "status_counts": _status_counts(cells),
         "verdict": verdict(cells),
         "multiple_models": cells["model"].nunique() > 1,
-        "plots": all_plots(cells, requests),
+        "plots": all_plots(cells, requests, search),
         "columns": columns,
         "rows": cell_rows(cells, columns),
         "failures": failure_rows(cells),
         "flagged": flagged_rows(cells),
+        "search_rows": search_rows(cells),
+        "search_headers": SEARCH_HEADERS,
         "repeats": ", ".join(repeats) or "unknown",
         "noise_warnings": [w.text for w in noise_warnings(cells)],
         "noise_unknown": not ok.empty and spreads.isna().all(),
@@ -99,10 +117,13 @@ def render_html(context: dict) -> str:
     return environment.get_template("report.html.j2").render(**context)
 
 
-def write_report(cells_csv: Path, requests_csv: Path | None, matrix_file: Path, out_dir: Path) -> Path:
+def write_report(
+    cells_csv: Path, requests_csv: Path | None, matrix_file: Path, out_dir: Path, search_csv: Path | None = None
+) -> Path:
     cells = load_cells(cells_csv)
     requests = load_requests(requests_csv)
-    context = build_context(cells, requests, matrix_file.stem, matrix_file.read_text(encoding="utf-8"))
+    matrix_text = matrix_file.read_text(encoding="utf-8")
+    context = build_context(cells, requests, matrix_file.stem, matrix_text, load_search(search_csv))
     atomic_write(out_dir / "report.md", render_markdown(context))
     atomic_write(out_dir / "index.html", render_html(context))
     return out_dir / "index.html"
@@ -121,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--requests", type=Path, help="requests.csv from pipeline.analysis.collect; without it, no TTFT distribution"
     )
+    parser.add_argument("--search", type=Path, help="search.csv from pipeline.analysis.collect (load-search probes)")
     parser.add_argument(
         "--matrix-file", required=True, type=Path, help="the matrix yaml the cells came from (shown in the report)"
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory, e.g. reports/NAME")
     args = parser.parse_args(argv)
     try:
-        index = write_report(args.cells, args.requests, args.matrix_file, args.out)
+        index = write_report(args.cells, args.requests, args.matrix_file, args.out, args.search)
     except (OSError, ValueError) as error:
         print(f"pipeline.report: {error}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline.report.verdict import ROOFLINE_FLAG, as_number, flag_text, significant
+from pipeline.report.verdict import ROOFLINE_FLAG, as_number, flag_text, searched_instances, significant
 
 MISSING = "–"
 
@@ -141,6 +141,35 @@ def failure_rows(cells: pd.DataFrame) -> list[dict]:
         {"cell_id": text(row["cell_id"]), "status": text(row["status"]), "reason": text(row.get("error"))}
         for _, row in failed.iterrows()
     ]
+
+
+SEARCH_HEADERS = (
+    ("configuration", "config"),
+    ("over", "over"),
+    ("most load within the SLO", "found"),
+    ("missed at", "missed"),
+    ("probes", "probes"),
+    ("note", "reason"),
+)
+
+
+def search_rows(cells: pd.DataFrame) -> list[dict]:
+    """One row per engine instance's load search (workload.search)."""
+    rows = []
+    for _, row in searched_instances(cells).iterrows():
+        over = "rate" if pd.notna(row.get("slo_max_rate")) else "concurrency"
+        found = row.get("slo_max_rate") if over == "rate" else row.get("slo_max_concurrency")
+        rows.append(
+            {
+                "config": text(f"{row['model']} {row['engine']} {row['precision']}"),
+                "over": over,
+                "found": text(f"{found:g}") if pd.notna(found) else "none",
+                "missed": text(f"{row['slo_search_missed_at']:g}") if pd.notna(row["slo_search_missed_at"]) else "-",
+                "probes": text(f"{row['slo_search_probes']:g}"),
+                "reason": text(row.get("slo_search_reason")) if pd.notna(row.get("slo_search_reason")) else "",
+            }
+        )
+    return rows
 
 
 def flagged_rows(cells: pd.DataFrame) -> list[dict]:

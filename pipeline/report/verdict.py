@@ -228,6 +228,7 @@ def model_verdict(model: str, cells: pd.DataFrame) -> ModelVerdict:
         batch_sentence(verdict.by_batch),
         *precision_sentences(cells),
         slo_sentence(cells),
+        search_sentence(cells),
     ]
     verdict.sentences = [s for s in sentences if s]
     return verdict
@@ -253,6 +254,57 @@ def slo_sentence(cells: pd.DataFrame) -> str | None:
         f"({_percent(float(best['slo_attainment']))} of its requests). Goodput carries no interval yet: "
         "close figures are not a ranking."
     )
+
+
+SEARCH_RESULTS = {"slo_max_concurrency": ("requests in flight", "{:g}"), "slo_max_rate": ("req/s", "{:.3g}")}
+
+
+def searched_instances(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per engine instance that ran a load search (every cell of it carries the result)."""
+    if "slo_search_cell" not in cells or not cells["slo_search_cell"].notna().any():
+        return cells.iloc[0:0]
+    return cells[cells["slo_search_cell"].notna()].drop_duplicates("slo_search_cell")
+
+
+def search_sentence(cells: pd.DataFrame) -> str | None:
+    """Which configuration carries the most load within the SLO. A search knows its answer to
+    within one step: the largest load that met the SLO and the smallest that missed it. One
+    configuration carries more than another only when it met the SLO at a load where the
+    other missed it; otherwise they cannot be told apart at the search's step."""
+    searched = searched_instances(cells)
+    if searched.empty:
+        return None
+    slo = str(searched["slo"].dropna().iloc[0]) if "slo" in searched and searched["slo"].notna().any() else "the SLO"
+    reasons = searched["slo_search_reason"].astype(str)
+    for column, (unit, shown) in SEARCH_RESULTS.items():
+        over = "concurrency" if column == "slo_max_concurrency" else "rate"
+        found = searched[column] if column in searched else pd.Series(float("nan"), index=searched.index)
+        rows = searched[found.notna()]
+        none = searched[found.isna() & reasons.str.contains(f"load \\({over} ")]  # searched, no answer
+        if rows.empty and none.empty:
+            continue
+        if rows.empty:
+            return f"Load within the SLO ({slo}): no configuration meets it even at the smallest load searched."
+        ordered = rows.sort_values(column, ascending=False)
+        best, label = ordered.iloc[0], lambda r: f"{r['engine']} {r['precision']}"
+        head = f"Load within the SLO ({slo}): {label(best)} carries the most, {shown.format(best[column])} {unit}"
+        if len(ordered) == 1 and none.empty:
+            return head + "."
+        runner = ordered.iloc[1] if len(ordered) > 1 else None
+        if runner is None:
+            return head + f"; {', '.join(label(r) for _, r in none.iterrows())} met it at no load searched."
+        missed = as_number(runner.get("slo_search_missed_at"))
+        if missed is not None and best[column] >= missed:
+            return (
+                head + f", against {shown.format(runner[column])} for {label(runner)}, which missed the SLO at "
+                f"{shown.format(missed)}."
+            )
+        return (
+            f"Load within the SLO ({slo}): {label(best)} ({shown.format(best[column])} {unit}) and {label(runner)} "
+            f"({shown.format(runner[column])}) cannot be told apart at the search's step: neither met the SLO at "
+            "a load where the other missed it."
+        )
+    return None
 
 
 def precision_sentences(cells: pd.DataFrame) -> list[str]:

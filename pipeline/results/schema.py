@@ -89,6 +89,8 @@ class CellResult:
     starts: list = field(default_factory=list)
     cell_probes: list = field(default_factory=list)  # memory bandwidth just before and after the cell (each start)
     cpu_affinity: list | None = None  # the cores the engine process was pinned to (None: not pinned)
+    # the instance's load search, in the cell that ran it (pipeline.run.load_search): result, reason, points
+    search: dict | None = None
     # the machine and the artifacts, as found
     peaks: dict = field(default_factory=dict)  # probe results on the engine's device (pipeline.run.probes)
     hardware: dict = field(default_factory=dict)  # detected CPU/GPU (pipeline.run.provenance)
@@ -184,6 +186,11 @@ CELL_COLUMNS: tuple[Column, ...] = (
     Column("slo", PARAM),  # the targets, as text ("p90 TPOT <= 50 ms")
     *_metrics("slo_attainment", "goodput_req_s", "goodput_tok_s"),
     Column("slo_met", INFO),
+    # the most load that met the SLO, searched once per instance (pipeline.run.load_search; every
+    # cell of the instance carries it; the probes are in search.csv)
+    *_metrics("slo_max_concurrency", "slo_max_rate", "slo_search_missed_at", "slo_search_probes"),
+    Column("slo_search_reason", INFO),  # why there is no answer, or why it is not exact; empty: found to one step
+    Column("slo_search_cell", INFO),  # the cell whose engine instance ran the search
     # 95% intervals of the headline figures (pipeline.stats: two-level bootstrap)
     *_metrics(*(f"{name}_{end}" for name in HEADLINE for end in ("low", "high"))),
     Column("output_tok_s_repeats", INFO),  # JSON list, one throughput per repeat

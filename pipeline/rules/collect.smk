@@ -1,7 +1,7 @@
 import shlex
 
 
-# Every cell's summary.json (and requests.csv beside it) -> one row per cell / request, with
+# Every cell's summary.json (and requests.csv beside it) -> one row per cell / request / load-search probe, with
 # everything derived from them: statistics, the datasheet entry, the roofline. The datasheets
 # and the analysis code are inputs too: editing them re-runs this step, never an engine.
 rule collect:
@@ -12,6 +12,7 @@ rule collect:
     output:
         cells=f"{RESULTS}/cells.csv",
         requests=f"{RESULTS}/requests.csv",
+        search=f"{RESULTS}/search.csv",
     log:
         f"{RESULTS}/logs/collect.log",
     conda:
@@ -21,4 +22,4 @@ rule collect:
         slo=shlex.quote(SCHEDULE.slo),  # a changed SLO re-runs this step (params), never an engine
     shell:
         f"{PYTHON} -m pipeline.analysis.collect --cells {{output.cells}} --requests {{output.requests}}"
-        " --hardware {params.hardware} --slo {params.slo} {input.summaries} > {log} 2>&1"
+        " --search {output.search} --hardware {params.hardware} --slo {params.slo} {input.summaries} > {log} 2>&1"

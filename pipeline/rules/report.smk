@@ -3,6 +3,7 @@ rule report:
     input:
         cells=f"{RESULTS}/cells.csv",
         requests=f"{RESULTS}/requests.csv",
+        search=f"{RESULTS}/search.csv",
         matrix=str(SCHEDULE.matrix_file),
     output:
         html=f"{REPORT}/index.html",
@@ -12,5 +13,5 @@ rule report:
     conda:
         "../../envs/pipeline.yaml"
     shell:
-        f"{PYTHON} -m pipeline.report --cells {{input.cells}} --requests {{input.requests}}"
+        f"{PYTHON} -m pipeline.report --cells {{input.cells}} --requests {{input.requests}} --search {{input.search}}"
         " --matrix-file {input.matrix} --out $(dirname {output.html}) > {log} 2>&1"

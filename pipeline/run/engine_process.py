@@ -66,7 +66,7 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
         cell = CellConfig.from_dict(message.config)
         probe_before, last_probe = _recent(last_probe), None
         try:
-            done = measure_cell(engine, cell, progress, probe_before=probe_before)
+            done = measure_cell(engine, cell, progress, probe_before=probe_before, search=message.search)
             last_probe = (done.probes[-1], time.monotonic()) if done.probes else None
             conn.send(done)
         except CannotRun as exc:

@@ -101,6 +101,27 @@ class Rounds:
                 records.append({**self._record(result), "wave": wave, "request": wave * bs + index})
         return records
 
+    def probe(self, load: float, index: int) -> list[dict]:
+        """One probe of the load search (pipeline.run.load_search): its requests at this load, as
+        records; prompts unique to the probe, never those of warm-up or repeats."""
+        from pipeline.engines.client import Load
+        from pipeline.run.load_search import probe_requests
+
+        search, w = self.workload.search_config, self.workload
+        closed = search.over == "concurrency"
+        pattern = Load(
+            concurrency=int(load) if closed else self.batch_size,  # open loop: at most the cell's batch in flight
+            request_rate=None if closed else load,
+            processes=w.client_processes,
+            seed=w.seed + index,
+            timeout_s=w.timeout_s,
+        )
+        prompts = self._prompts(probe_requests(search, load, w.num_requests), f"search/{index}")
+        results, client = self.engine.stream(prompts, w.output_tokens, pattern)
+        if client["saturated"]:
+            self.clients.append(client)  # the cell's client figures say so
+        return [self._record(result) for result in results]
+
     def _record(self, result: RequestResult) -> dict:
         return request_record(result, self.engine.count_tokens, self.workload.input_tokens)
 
@@ -208,10 +229,13 @@ def measure_repeats(rounds: Rounds, workload, progress) -> tuple[list[dict], dic
     return all_records, summary
 
 
-def measure_cell(engine: Engine, cell: CellConfig, progress=print, probe_before: dict | None = None) -> CellDone:
+def measure_cell(
+    engine: Engine, cell: CellConfig, progress=print, probe_before: dict | None = None, search: bool = False
+) -> CellDone:
     """Records of the measured requests plus the cell's timing breakdown: the bandwidth probe,
     warm-up until steady, the repeats, the probe again; the host's noise over the cell.
-    probe_before: the probe taken just after the previous cell, when nothing ran in between."""
+    probe_before: the probe taken just after the previous cell, when nothing ran in between.
+    search: this cell also runs the instance's load search (workload.search), after its repeats."""
     workload = cell.workload
     rounds = Rounds(engine, cell)
     if probe_before is None:
@@ -227,6 +251,12 @@ def measure_cell(engine: Engine, cell: CellConfig, progress=print, probe_before:
     measure_start = time.perf_counter()
     records, repeats = measure_repeats(rounds, workload, progress)
     measure_s = time.perf_counter() - measure_start
+    found = None
+    if search and workload.search_config is not None:
+        from pipeline.run.load_search import search_load
+
+        progress(f"load search: {workload.search_config.describe()} against {workload.slo_config.describe()}")
+        found = search_load(rounds.probe, workload.search_config, workload.slo_config, progress)
     peak_bytes, peak_kind = engine.peak_memory()  # before the probe's buffers
     host = host_noise(host_before, host_sample())
     probe_after = cell_probe(engine, progress)
@@ -246,6 +276,7 @@ def measure_cell(engine: Engine, cell: CellConfig, progress=print, probe_before:
         steady={"warmup": warmup, "repeats": repeats},
         host=host,
         probes=[p for p in (probe_before, probe_after) if p is not None],
+        search=found,
     )
 
 

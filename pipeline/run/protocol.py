@@ -13,6 +13,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class RunCell:
     config: dict  # CellConfig.to_dict()
+    search: bool = False  # also run the instance's load search (workload.search) in this cell
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class CellDone:
     steady: dict | None = None  # {"warmup": rounds until steady, "repeats": how many and why they stopped}
     host: dict | None = None  # the machine's steal time and load over the cell (pipeline.run.host)
     probes: list | None = None  # memory bandwidth measured just before and after the cell
+    search: dict | None = None  # the load search's result and probes (pipeline.run.load_search)
 
 
 @dataclass(frozen=True)

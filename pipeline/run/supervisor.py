@@ -116,12 +116,16 @@ class InstanceRunner:
         self.cpu_affinity: list[int] | None = None  # the cores the engine is pinned to (CPU jobs)
         self.measured: dict[Cell, Measured] = {}  # what each cell's engine starts measured so far
         self.finished: set[Cell] = set()  # cells no further engine start measures
+        self.searched = False  # the instance's load search (workload.search) runs once, in the first cell that finishes
 
     # -- engine process -------------------------------------------------------------
     def _start_engine(self, cfg: CellConfig) -> _EngineProcess:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         max_bs = max(c.batch_size for c in self.cells)
+        search = cfg.workload.search_config
+        if search is not None and search.over == "concurrency":
+            max_bs = max(max_bs, int(search.max))  # the server's own limit must not cap the search
         process = context.Process(target=serve, args=(child, cfg.to_dict(), max_bs, self.threads))
         started = time.perf_counter()
         process.start()
@@ -251,8 +255,12 @@ class InstanceRunner:
                     # imports, config, process spawn: everything before the first cell minus loading
                     self.startup_overhead_s = time.perf_counter() - process_started - self.engine.ready.load_s
                 cell_started = time.perf_counter()
-            self.engine.conn.send(RunCell(cfg.to_dict()))
-            message = _receive(self.engine.conn, self.engine.process, cfg.workload.timeout_s, f"cell {cell.cell_id}")
+            search = cfg.workload.search_config is not None and not self.searched
+            timeout_s = cfg.workload.timeout_s
+            if search:  # the search may start a probe just before its budget ends
+                timeout_s += cfg.workload.search_config.budget_s + cfg.workload.timeout_s
+            self.engine.conn.send(RunCell(cfg.to_dict(), search=search))
+            message = _receive(self.engine.conn, self.engine.process, timeout_s, f"cell {cell.cell_id}")
         except EngineFailure as failure:
             self.kill_engine()
             result = self._result(
@@ -279,6 +287,9 @@ class InstanceRunner:
             overhead_s += self.startup_overhead_s / len(self.cells)
         total = self.measured.setdefault(cell, Measured())
         total.add(message, start, cell_wall_s, overhead_s)
+        if message.search is not None:
+            self.searched = True
+            total.search = message.search
         failed = sum(not r["success"] for r in total.records)
         status = OK if failed == 0 else ERROR
         error = "" if status == OK else f"{failed} of {len(total.records)} requests failed"
@@ -297,6 +308,7 @@ class InstanceRunner:
             client=total.client,
             starts=total.starts,
             cell_probes=total.probes,
+            search=total.search,
             engine_start=self.engine_starts,
         )
         if status != OK:
@@ -318,6 +330,7 @@ class Measured:
     overhead_s: float = 0.0
     peak_mem_bytes: int | None = None
     client: dict | None = None
+    search: dict | None = None  # the instance's load search, when this cell ran it
 
     def add(self, done: CellDone, start: int, cell_wall_s: float, overhead_s: float) -> None:
         offset = 1 + max((r["repeat"] for r in self.records), default=-1)  # repeats stay unique in the cell
