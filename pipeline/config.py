@@ -75,6 +75,9 @@ class ServerSettings:
     # the server's flags for workload.prefix_cache false (off, the default) and true (on); a server
     # whose conf has no `on` cannot be asked to study its cache
     prefix_cache_flags: dict[str, list[str]] = field(default_factory=dict)
+    # where the server counts prefix-cache use, in Prometheus text: {path, queries, hits} (metric
+    # names; vLLM counts tokens); read before and after each cell's repeats
+    cache_counters: dict[str, str] | None = None
     stop_timeout_s: float = 15.0  # SIGTERM, then SIGKILL after this long
 
     def __post_init__(self):
@@ -97,6 +100,11 @@ class ServerSettings:
             "engine.server: the chat API takes text prompts only (prompt_format: text)",
         )
         _require(self.ready_path.startswith("/"), "engine.server.ready_path must start with /")
+        counters = self.cache_counters
+        _require(
+            counters is None or (isinstance(counters, dict) and {"path", "queries", "hits"} <= set(counters)),
+            f"engine.server.cache_counters needs path, queries and hits (metric names), got {counters!r}",
+        )
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ request arrived, token i at arrival + ttft + i * itl (an absolute schedule: no d
 --itl-per-other, itl grows by that much per other stream in flight at arrival (a known load law).
 It counts a token-id prompt's length exactly and a text prompt's by whitespace-separated
 words. Failure modes for the tests: --never-ready, --status 500, --die-after N (the process
-exits in the middle of its N+1th stream). GET /stats returns every finished stream's arrival
-and real send times (perf_counter, the clock the client stamps with), so a test or benchmark can
-tell the client's error from the server's own lateness.
+exits in the middle of its N+1th stream). GET /stats returns every finished stream's arrival,
+a digest of its prompt and its real send times (perf_counter, the clock the client stamps
+with), so a test or benchmark can tell the client's error from the server's own lateness.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import json
 import os
 import time
@@ -203,7 +204,8 @@ class _Server(asyncio.Protocol):
             pending.append(_event({"choices": [], "usage": usage}))
         pending.append(_event("[DONE]"))
         write(_chunk(b"".join(pending)) + b"0\r\n\r\n")
-        STATS.append({"arrived": arrived, "sent": sent})
+        prompt = json.dumps(body.get("messages") if chat else body.get("prompt"), sort_keys=True)
+        STATS.append({"arrived": arrived, "sent": sent, "prompt": hashlib.sha256(prompt.encode()).hexdigest()[:16]})
 
 
 async def main() -> None:

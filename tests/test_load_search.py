@@ -58,7 +58,7 @@ def records(tpot_s: float, count: int = 20, failed: int = 0) -> list[dict]:
     ok = [{"success": True, "ttft_s": 0.01, "tpot_s": tpot_s, "e2e_s": 0.1, "output_tokens": 8,
            "t_send": i * 0.1, "t_end": i * 0.1 + 0.1, "repeat": 0} for i in range(count - failed)]  # fmt: skip
     return ok + [{"success": False, "ttft_s": None, "tpot_s": None, "e2e_s": None, "output_tokens": 0,
-                  "t_send": 0.0, "t_end": None, "repeat": 0}] * failed  # fmt: skip
+                  "t_send": 0.0, "t_end": None, "repeat": 0, "error": "HTTP 500: boom"}] * failed  # fmt: skip
 
 
 def law(limit: float, flaky: dict | None = None):
@@ -107,7 +107,8 @@ def test_failed_requests_miss_the_slo_and_the_search_goes_no_higher():
 
     found = run(SearchConfig(max=64), probe)
     assert found["result"] == 3 and max(p["load"] for p in found["points"]) == 4
-    assert "1 of 20 requests failed" in [p for p in found["points"] if p["load"] == 4][0]["why"]
+    assert found["missed_at"] == 4 and found["missed_why"] == "1 of 20 requests failed"
+    assert [p for p in found["points"] if p["load"] == 4][0]["errors"] == "HTTP 500: boom"  # what the client saw
 
 
 def test_the_probe_cap_stops_the_search_and_says_so():

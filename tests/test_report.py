@@ -256,11 +256,11 @@ def test_a_saturated_client_is_named_in_the_verdict():
     assert not [s for s in verdict(table(cell("A"), cell("B"))).overall if "client" in s]
 
 
-def searched(engine, found, missed, over="concurrency", reason=None):
+def searched(engine, found, missed, over="concurrency", reason=None, why=None):
     column = "slo_max_concurrency" if over == "concurrency" else "slo_max_rate"
     return cell(engine=engine, slo="p90 TPOT <= 31 ms", slo_met=True, slo_attainment=1.0, goodput_tok_s=100.0,
                 slo_search_cell=f"{engine}/m/bf16/bs1", **{column: found}, slo_search_missed_at=missed,
-                slo_search_probes=9, slo_search_reason=reason)  # fmt: skip
+                slo_search_probes=9, slo_search_reason=reason, slo_search_missed_why=why)  # fmt: skip
 
 
 def search_sentences(*rows) -> list[str]:
@@ -269,10 +269,10 @@ def search_sentences(*rows) -> list[str]:
 
 def test_more_load_within_the_slo_is_claimed_only_where_the_other_missed():
     # A met the SLO at 11 in flight, where B had missed it (B missed at 8): a ranking
-    (ranked,) = search_sentences(searched("A", 11, 12), searched("B", 7, 8))
+    (ranked,) = search_sentences(searched("A", 11, 12), searched("B", 7, 8, why="1 of 24 requests failed"))
     assert ranked == (
         "Load within the SLO (p90 TPOT <= 31 ms): A bf16 carries the most, 11 requests in flight, against 7 for "
-        "B bf16, which missed the SLO at 8."
+        "B bf16, which missed the SLO at 8 (1 of 24 requests failed)."
     )
     # rates known to within a step: A's answer (13.2) is below where B missed (13.5): no ranking
     (tie,) = search_sentences(searched("A", 13.2, 14, over="rate"), searched("B", 13.0, 13.5, over="rate"))

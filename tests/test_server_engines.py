@@ -195,6 +195,8 @@ def test_vllm_server_cells(tmp_path, models_dir):
         argv = summary["engine_args"]["argv"]  # the CPU's flags (devices.cpu), recorded
         assert summary["engine_device"] == "cpu" and argv[argv.index("--gpu-memory-utilization") + 1] == "0.3"
         assert "--enforce-eager" in argv and "--no-enable-prefix-caching" in argv  # vLLM's cache is on by default
+        # its own counters, read from /metrics around the repeats: the cache was off, nothing was served from it
+        assert summary["prefix_cache"] is not None and summary["prefix_cache"]["hits"] == 0
         rows = check_rows(path, 4)
         assert (rows.output_tokens_retok > 0).all()
         # every event carries its token ids, so every token is counted, empty text or not; mostly one
@@ -283,12 +285,24 @@ def test_load_search_runs_once_per_instance_and_every_cell_carries_it(tmp_path, 
     from pipeline.config import SloConfig
     from pipeline.report.render import write_report
 
-    marker = f"fake-{uuid.uuid4().hex[:8]}"
-    law = ("--ttft", "0.02", "--itl", "0.010", "--itl-per-other", "0.002")
+    process, url = start_fake_server("--ttft", "0.02", "--itl", "0.010", "--itl-per-other", "0.002")
     search = ["workload.slo={tpot_s:0.031}", "workload.search={over:concurrency,max:16}"]
-    summaries, _, run = run_instance(
-        tmp_path, "openai", (1, 2), f"models_dir={models_dir}", *launched_fake(marker, *law), *WORKLOAD, *search
-    )
+    try:
+        summaries, _, run = run_instance(
+            tmp_path,
+            "openai",
+            (1, 2),
+            f"models_dir={models_dir}",
+            f"engine.server.base_url={url}/v1",
+            *WORKLOAD,
+            *search,
+        )
+        streams = json.load(urllib.request.urlopen(url + "/stats", timeout=10))
+    finally:
+        process.kill()
+        process.wait()
+    # every prompt the cells sent, warm-up, repeats and search probes alike, was new to the server
+    assert len(streams) > 150 and len({s["prompt"] for s in streams}) == len(streams)
     assert [s["status"] for s in summaries] == ["ok", "ok"], [s["error"] for s in summaries]
     first, second = summaries
     assert first["search"]["result"] == 11 and second["search"] is None  # once, in the first cell
@@ -310,3 +324,37 @@ def test_load_search_runs_once_per_instance_and_every_cell_carries_it(tmp_path, 
     html = index.read_text()
     assert "## The most load within the SLO" in report and 'id="search-table"' in html
     assert '<figure id="plot-load_search">' in html  # latency against load, the SLO line, the boundary
+
+
+PROMETHEUS = """# HELP vllm:prefix_cache_hits Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits counter
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 48.0
+vllm:prefix_cache_hits_total{engine="1",model_name="m"} 16.0
+vllm:prefix_cache_hits_created{engine="0",model_name="m"} 1.7e+09
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 256.0
+"""
+
+
+def test_prometheus_counters_are_summed_over_their_labels():
+    from pipeline.engines.server import prometheus_total
+
+    assert prometheus_total(PROMETHEUS, "vllm:prefix_cache_hits") == 64.0  # _created is another metric
+    assert prometheus_total(PROMETHEUS, "vllm:prefix_cache_queries") == 256.0
+    assert prometheus_total(PROMETHEUS, "vllm:num_requests_running") is None
+
+
+def test_prefix_cache_hits_with_the_cache_off_are_flagged():
+    from pipeline.analysis.collect import cache_columns
+    from pipeline.report.verdict import cache_sentence
+
+    off = cache_columns({"queries": 256.0, "hits": 64.0}, enabled=False)
+    assert (
+        off["prefix_cache_hit_rate"] == 0.25
+        and "64 prefix-cache hits while workload.prefix_cache is off" in (off["prefix_cache_flag"])
+    )
+    on = cache_columns({"queries": 256.0, "hits": 64.0}, enabled=True)  # studied on purpose: no flag
+    assert on["prefix_cache_hit_rate"] == 0.25 and "prefix_cache_flag" not in on
+    clean = cache_columns({"queries": 0.0, "hits": 0.0}, enabled=False)
+    assert clean["prefix_cache_hit_rate"] is None and "prefix_cache_flag" not in clean
+    cells = pd.DataFrame([{"cell_id": "a/m/fp32/bs1", **off}, {"cell_id": "b/m/fp32/bs1", **clean}])
+    assert cache_sentence(cells).startswith("1 cell(s) were partly served from the server's prefix cache")

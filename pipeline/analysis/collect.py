@@ -78,6 +78,25 @@ def roofline_columns(
         return {"roofline_missing": f"no model architecture to count bytes from ({why}): give model.architecture"}
 
 
+def cache_columns(counters: dict | None, enabled: bool | None) -> dict:
+    """The prefix cache's setting and, where the server counts it, its use over the repeats."""
+    row = {"prefix_cache": enabled}
+    if not counters:
+        return row
+    queries, hits = counters["queries"], counters["hits"]
+    row.update(
+        prefix_cache_queries=queries,
+        prefix_cache_hits=hits,
+        prefix_cache_hit_rate=hits / queries if queries else None,
+    )
+    if hits and not enabled:
+        row["prefix_cache_flag"] = (
+            f"the server counted {hits:g} prefix-cache hits while workload.prefix_cache is off: "
+            "its figures may be flattered by a cache (check the engine's prefix_cache_flags)"
+        )
+    return row
+
+
 def settling(starts: list[dict]) -> dict:
     """How the measurement settled, over the cell's engine starts: rounds and repeats summed,
     steady only if every start's warm-up was, the worst host noise."""
@@ -123,6 +142,7 @@ def cell_row(
     workload = (result.config or {}).get("workload") or {}
     client = result.client or {}  # server engines: could the client keep up?
     row.update(settling(result.starts))
+    row.update(cache_columns(result.prefix_cache, workload.get("prefix_cache")))
     row.update(
         cpu_affinity=",".join(map(str, result.cpu_affinity)) if result.cpu_affinity else None,
         engine_version=result.engine_version,
@@ -176,6 +196,7 @@ SEARCH_POINT_COLUMNS = (
     "goodput_tok_s",
     *(f"{key}_{end}" for key in SLO_TARGETS for end in ("target", "p50", "slo_pct", "slo_pct_low", "slo_pct_high")),
     "why",
+    "errors",
     "wall_s",
     "result",
 )
@@ -189,6 +210,7 @@ def search_columns(search: dict | None, cell_id: str) -> dict:
     return {
         found: search["result"],
         "slo_search_missed_at": search["missed_at"],
+        "slo_search_missed_why": search.get("missed_why"),
         "slo_search_probes": search["probes"],
         "slo_search_reason": search["reason"],
         "slo_search_cell": cell_id,

@@ -157,6 +157,10 @@ class Engine(ABC):
         """(torch device, torch dtype) on which to measure the machine's peaks, or None."""
         return None
 
+    def prefix_cache_counters(self) -> dict | None:
+        """The engine's own prefix-cache counters so far ({"queries", "hits"}), where it exposes them."""
+        return None
+
     def memory_root_pid(self) -> int:
         """The process whose tree holds the engine's memory (a server's own process for servers)."""
         return os.getpid()

@@ -43,6 +43,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def prometheus_total(text: str, name: str) -> float | None:
+    """The sum of a metric's samples over its labels in Prometheus text format (a counter may be
+    exposed with a `_total` suffix); None when the metric is absent."""
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric = sample.split("{", 1)[0]
+        if metric in (name, f"{name}_total"):
+            try:
+                total += float(value)
+            except ValueError:
+                continue
+            seen = True
+    return total if seen else None
+
+
 def _die_with_parent() -> None:  # runs in the server's process between fork and exec
     die_with_parent(signal.SIGKILL)
 
@@ -222,6 +240,21 @@ class ServerEngine(Engine):
             f"the server did not answer GET {url} with 200 within engine.load_timeout_s={timeout_s:g}s "
             f"(last: {last}); its last output:\n{self._last_lines() if self.process else '(not started here)'}"
         )
+
+    def prefix_cache_counters(self) -> dict | None:
+        """The server's prefix-cache counters (engine.server.cache_counters), summed over their
+        labels; None where the conf names none or the server does not answer (never fatal)."""
+        counters = self.settings.cache_counters
+        if not counters:
+            return None
+        url = self.base_url.rstrip("/").removesuffix("/v1") + counters["path"]
+        try:
+            with NO_PROXY.open(url, timeout=10) as response:
+                text = response.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return None
+        found = {key: prometheus_total(text, counters[key]) for key in ("queries", "hits")}
+        return None if None in found.values() else found
 
     # -- requests ---------------------------------------------------------------------------
     @property

@@ -295,9 +295,11 @@ def search_sentence(cells: pd.DataFrame) -> str | None:
             return head + f"; {', '.join(label(r) for _, r in none.iterrows())} met it at no load searched."
         missed = as_number(runner.get("slo_search_missed_at"))
         if missed is not None and best[column] >= missed:
+            why = runner.get("slo_search_missed_why")
+            how = f" ({why})" if isinstance(why, str) and why else ""
             return (
                 head + f", against {shown.format(runner[column])} for {label(runner)}, which missed the SLO at "
-                f"{shown.format(missed)}."
+                f"{shown.format(missed)}{how}."
             )
         return (
             f"Load within the SLO ({slo}): {label(best)} ({shown.format(best[column])} {unit}) and {label(runner)} "
@@ -370,6 +372,17 @@ def flag_sentence(cells: pd.DataFrame) -> str | None:
     )
 
 
+def cache_sentence(cells: pd.DataFrame) -> str | None:
+    """Server cells that were served from a prefix cache that should have been off."""
+    if "prefix_cache_flag" not in cells or not cells["prefix_cache_flag"].notna().any():
+        return None
+    ids = cells.loc[cells["prefix_cache_flag"].notna(), "cell_id"].astype(str).tolist()
+    return (
+        f"{len(ids)} cell(s) were partly served from the server's prefix cache although workload.prefix_cache "
+        f"is off: {_named(ids)}. Their latency and throughput may be flattered; see prefix_cache_hits in cells.csv."
+    )
+
+
 def client_sentence(cells: pd.DataFrame) -> str | None:
     """Server cells whose client process was nearly always busy: their speed may be the client's."""
     if "client_saturated" not in cells:
@@ -398,7 +411,8 @@ def verdict(cells: pd.DataFrame) -> Verdict:
     if cells.empty:
         result.overall.append("The table has no cells.")
         return result
-    result.overall = [s for s in (failure_sentence(cells), flag_sentence(cells), client_sentence(cells)) if s]
+    overall = (failure_sentence(cells), flag_sentence(cells), cache_sentence(cells), client_sentence(cells))
+    result.overall = [s for s in overall if s]
     for model, group in cells.groupby("model", sort=True):
         mv = model_verdict(str(model), group)
         if mv.sentences:

@@ -91,6 +91,8 @@ class CellResult:
     cpu_affinity: list | None = None  # the cores the engine process was pinned to (None: not pinned)
     # the instance's load search, in the cell that ran it (pipeline.run.load_search): result, reason, points
     search: dict | None = None
+    # the server's own prefix-cache counters over the measured repeats, summed over starts: {queries, hits}
+    prefix_cache: dict | None = None
     # the machine and the artifacts, as found
     peaks: dict = field(default_factory=dict)  # probe results on the engine's device (pipeline.run.probes)
     hardware: dict = field(default_factory=dict)  # detected CPU/GPU (pipeline.run.provenance)
@@ -189,8 +191,13 @@ CELL_COLUMNS: tuple[Column, ...] = (
     # the most load that met the SLO, searched once per instance (pipeline.run.load_search; every
     # cell of the instance carries it; the probes are in search.csv)
     *_metrics("slo_max_concurrency", "slo_max_rate", "slo_search_missed_at", "slo_search_probes"),
+    Column("slo_search_missed_why", INFO),  # how the smallest load that missed missed (a target, or errors)
     Column("slo_search_reason", INFO),  # why there is no answer, or why it is not exact; empty: found to one step
     Column("slo_search_cell", INFO),  # the cell whose engine instance ran the search
+    # workload.prefix_cache, and the server's own counters over the measured repeats (vLLM: prompt tokens)
+    Column("prefix_cache", PARAM),
+    *_metrics("prefix_cache_queries", "prefix_cache_hits", "prefix_cache_hit_rate"),
+    Column("prefix_cache_flag", INFO),  # hits while the cache should be off: the figures may be flattered
     # 95% intervals of the headline figures (pipeline.stats: two-level bootstrap)
     *_metrics(*(f"{name}_{end}" for name in HEADLINE for end in ("low", "high"))),
     Column("output_tok_s_repeats", INFO),  # JSON list, one throughput per repeat

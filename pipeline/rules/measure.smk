@@ -7,7 +7,10 @@ import shlex
 # weights, the runtime limit from the workload's timeouts, and its cores as threads (a
 # CPU benchmark job takes all --cores locally, so cells never share cores; --config cpus=N).
 # `exec`: the instance replaces the job's shell, so it is Snakemake's own child and stops
-# its engine when Snakemake dies (pipeline.run.lifetime).
+# its engine when Snakemake dies (pipeline.run.lifetime). Snakemake exports MKL_NUM_THREADS=
+# {threads} to every job; the engines take their threads from --threads, and vLLM's CPU server
+# (its OpenMP threads bound to all cores but one) took 205 ms a step with it, 4 ms without
+# (tiny-llama, 2 cores), so the job drops it.
 for job in SCHEDULE.jobs:
 
     rule:
@@ -35,7 +38,8 @@ for job in SCHEDULE.jobs:
             precision=job.instance.precision,
             overrides=" ".join(shlex.quote(o) for o in SCHEDULE.plan.overrides),
         shell:
-            f"{PYTHON_EXEC} -m pipeline.run.supervisor --engine {{params.engine}} --model {{params.model}}"
+            f"unset MKL_NUM_THREADS; {PYTHON_EXEC} -m pipeline.run.supervisor --engine {{params.engine}}"
+            " --model {params.model}"
             " --precision {params.precision} --batch-sizes {params.batch_sizes} --summaries {output.summaries}"
             " --attempt-file {output.attempt}"
             " --threads {threads} --gpus {resources.gpu} -- {params.overrides} > {log} 2>&1"

@@ -48,6 +48,7 @@ def judge(records: list[dict], slo: SloConfig) -> dict:
         "goodput_tok_s": figures["goodput_tok_s"],
     }
     misses = [f"{failed} of {len(records)} requests failed"] if failed else []
+    point["errors"] = "; ".join(dict.fromkeys(str(r.get("error"))[:200] for r in records if not r["success"])) or None
     for key in SLO_TARGETS:
         values = [r[key] for r in ok if r[key] is not None]
         point[f"{key}_p50"] = float(np.percentile(values, 50)) if values else None
@@ -70,7 +71,8 @@ def search_load(
     """probe(load, index) -> that probe's request records. The result: the largest load that met
     the SLO (None with a reason when even `min` misses), the smallest that missed, every probe."""
     integer = search.over == "concurrency"
-    step, lowest, highest = search.resolution, search.lowest, float(search.max)
+    snap = int if integer else float  # concurrency counts requests
+    step, lowest, highest = search.resolution, snap(search.lowest), snap(search.max)
     points: list[dict] = []
     records_at: dict[float, list[dict]] = {}
     started = time.perf_counter()
@@ -85,7 +87,7 @@ def search_load(
         return stop is None
 
     def at(load: float, phase: str) -> bool:
-        load = float(int(load)) if integer else load
+        load = snap(load)
         probe_started = time.perf_counter()
         records = probe(load, len(points))
         for record in records:  # each probe is its own window, like a repeat
@@ -147,6 +149,7 @@ def search_load(
         "search": search.describe(),
         "result": good,
         "missed_at": bad,
+        "missed_why": next((p["why"] for p in reversed(points) if p["load"] == bad), None),
         "reason": reason,
         "probes": len(points),
         "wall_s": time.perf_counter() - started,

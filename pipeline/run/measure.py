@@ -249,8 +249,10 @@ def measure_cell(
     warmup = warm_up(rounds, workload, progress)
     warmup_s = time.perf_counter() - started
     measure_start = time.perf_counter()
+    cache_before = engine.prefix_cache_counters()
     records, repeats = measure_repeats(rounds, workload, progress)
     measure_s = time.perf_counter() - measure_start
+    prefix_cache = cache_use(cache_before, engine.prefix_cache_counters())
     found = None
     if search and workload.search_config is not None:
         from pipeline.run.load_search import search_load
@@ -277,7 +279,15 @@ def measure_cell(
         host=host,
         probes=[p for p in (probe_before, probe_after) if p is not None],
         search=found,
+        prefix_cache=prefix_cache,
     )
+
+
+def cache_use(before: dict | None, after: dict | None) -> dict | None:
+    """What the engine's prefix cache did over the measured repeats (its counters' increase)."""
+    if before is None or after is None:
+        return None
+    return {key: after[key] - before[key] for key in ("queries", "hits")}
 
 
 def cell_probe(engine: Engine, progress) -> dict | None:

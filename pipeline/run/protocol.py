@@ -52,6 +52,7 @@ class CellDone:
     host: dict | None = None  # the machine's steal time and load over the cell (pipeline.run.host)
     probes: list | None = None  # memory bandwidth measured just before and after the cell
     search: dict | None = None  # the load search's result and probes (pipeline.run.load_search)
+    prefix_cache: dict | None = None  # the server's prefix-cache counters over the repeats: {queries, hits}
 
 
 @dataclass(frozen=True)

@@ -309,6 +309,7 @@ class InstanceRunner:
             starts=total.starts,
             cell_probes=total.probes,
             search=total.search,
+            prefix_cache=total.prefix_cache,
             engine_start=self.engine_starts,
         )
         if status != OK:
@@ -331,6 +332,7 @@ class Measured:
     peak_mem_bytes: int | None = None
     client: dict | None = None
     search: dict | None = None  # the instance's load search, when this cell ran it
+    prefix_cache: dict | None = None  # the server's prefix-cache counters over the repeats, summed over starts
 
     def add(self, done: CellDone, start: int, cell_wall_s: float, overhead_s: float) -> None:
         offset = 1 + max((r["repeat"] for r in self.records), default=-1)  # repeats stay unique in the cell
@@ -339,6 +341,9 @@ class Measured:
         self.records += done.records
         self.starts.append({**(done.steady or {}), "host": done.host})
         self.probes += done.probes or []
+        if done.prefix_cache is not None:
+            earlier = self.prefix_cache or {"queries": 0.0, "hits": 0.0}
+            self.prefix_cache = {key: earlier[key] + done.prefix_cache[key] for key in earlier}
         if done.prepare_s is not None:
             self.prepare_s = (self.prepare_s or 0.0) + done.prepare_s
         self.warmup_s += done.warmup_s
