@@ -243,9 +243,12 @@ def collect(
         if result is None:
             raise FileNotFoundError(f"{path}: missing, unreadable or of another schema version")
         results.append((path, result))
+    # where two cells of one instance searched (a cell retried by a later run), the later search wins
     searched = {
-        (r.engine, r.model, r.precision): search_columns(r.search, r.cell_id) for _, r in results if r.search
-    }  # the latest summary wins where two cells of one instance searched (a retried cell)
+        (r.engine, r.model, r.precision): search_columns(r.search, r.cell_id)
+        for _, r in sorted(results, key=lambda pair: pair[1].finished_at)
+        if r.search
+    }
     for path, result in results:
         records = read_records(Path(path).with_name("requests.csv"))
         rows.append(cell_row(result, records, requested, entries, slo))

@@ -2,7 +2,8 @@
 
 Method: each probe sends `requests` requests at one load (concurrency: that many in flight,
 closed loop; rate: Poisson arrivals, open loop) and meets the SLO when, for every target, at
-least `percentile`% of its requests are within it and none failed (pipeline.stats.slo_figures, as collect judges).
+least `percentile`% of its requests are within it and none failed (pipeline.stats.slo_figures,
+the rule collect applies to cells).
 1. Bracket: probe `min`; if it misses, there is no answer. Then double the load until a probe
    misses or `max` holds.
 2. Bisect between the largest load that met and the smallest that missed, until they are one
@@ -11,8 +12,8 @@ least `percentile`% of its requests are within it and none failed (pipeline.stat
    first probe was luck: it becomes the smallest miss and the bisection resumes below it (at
    most twice). The answer is a load that met the SLO every time it was probed.
 No probe ever goes above a load that missed or failed, so an overloaded engine is not pushed
-further. The boundary's figures come with their 95% interval (bootstrap over its requests,
-its probes and then its requests resampled); every probe is recorded (`points`).
+further. The boundary's figures come with their 95% interval (bootstrap: its probes, then the
+requests within each, resampled); every probe is recorded (`points`).
 """
 
 from __future__ import annotations
