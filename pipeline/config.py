@@ -274,6 +274,7 @@ class RepeatPolicy:
 
 
 SLO_TARGETS = ("ttft_s", "tpot_s", "e2e_s")
+SLO_NAMES = {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E"}
 
 
 @dataclass(frozen=True)
@@ -310,8 +311,7 @@ class SloConfig:
         return build_section(cls, "workload.slo", dict(value))
 
     def describe(self) -> str:
-        names = {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E"}
-        shown = ", ".join(f"{names[k]} <= {v * 1e3:.4g} ms" for k, v in self.targets.items())
+        shown = ", ".join(f"{SLO_NAMES[k]} <= {v * 1e3:.4g} ms" for k, v in self.targets.items())
         return f"p{self.percentile:g} {shown}"
 
 

@@ -267,6 +267,16 @@ def meets(record: dict, targets: dict[str, float]) -> bool:
     )
 
 
+def count_within(records: list[dict], key: str, target: float) -> int:
+    """How many requests are within one target (a failed request never is)."""
+    return sum(meets(r, {key: target}) for r in records)
+
+
+def target_holds(records: list[dict], key: str, target: float, percentile: float) -> bool:
+    """At least `percentile`% of the requests within the target (the SLO-met rule, per target)."""
+    return bool(records) and count_within(records, key, target) / len(records) >= percentile / 100
+
+
 def total_window(records: list[dict]) -> float:
     """The measured windows of the repeats, summed (each repeat's first send to its last token)."""
     return sum(window for rows in by_repeat(records).values() if (window := measured_window(rows)))
@@ -283,13 +293,10 @@ def slo_figures(records: list[dict], slo) -> dict:
     good = [r for r in records if meets(r, targets)]
     window = total_window(records)
 
-    def share_within(key: str, target: float) -> float:
-        return sum(meets(r, {key: target}) for r in records) / len(records)
-
     return {
         "slo": slo.describe(),
         "slo_attainment": len(good) / len(records) if records else None,
-        "slo_met": all(share_within(k, t) >= slo.percentile / 100 for k, t in targets.items()) if records else None,
+        "slo_met": all(target_holds(records, k, t, slo.percentile) for k, t in targets.items()) if records else None,
         "goodput_req_s": len(good) / window if window else None,
         "goodput_tok_s": sum(r["output_tokens"] for r in good) / window if window else None,
     }

@@ -1,6 +1,7 @@
 """The Snakefile's helpers: --config splitting, and which cells a (re-)run must measure."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -185,15 +186,20 @@ def test_a_matrix_says_how_many_gpus_its_instances_need_and_the_command_line_win
         load_plan(str(matrix), CONF)
 
 
+def tiny_matrix(tmp_path, engines: str) -> Path:
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(f"engine: [{engines}]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    return matrix
+
+
 def test_an_slo_is_for_server_engines_and_never_re_measures_a_cell(tmp_path):
     from pipeline.plan.matrix import PlanError
 
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text("engine: [hf, vllm_server]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    matrix = tiny_matrix(tmp_path, "hf, vllm_server")
     with pytest.raises(PlanError, match=r"workload.slo \(p90 TPOT <= 50 ms\) is for server engines.*hf run offline"):
         plan, tree = load_plan(str(matrix), CONF, ["workload.slo={tpot_s: 0.05}"])
         schedule(plan, tree, tmp_path / "results")
-    matrix.write_text("engine: [vllm_server]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    matrix = tiny_matrix(tmp_path, "vllm_server")
     plan, tree = load_plan(str(matrix), CONF, ["workload.slo={tpot_s: 0.05, percentile: 99}"])
     assert json.loads(schedule(plan, tree, tmp_path / "results").slo) == {"tpot_s": 0.05, "percentile": 99}
     # judged in collect: the same measurement with or without it
@@ -204,8 +210,7 @@ def test_an_slo_is_for_server_engines_and_never_re_measures_a_cell(tmp_path):
 def test_a_load_search_needs_an_slo_measures_against_it_and_budgets_its_time(tmp_path):
     from pipeline.plan.matrix import PlanError
 
-    matrix = tmp_path / "m.yaml"
-    matrix.write_text("engine: [vllm_server]\nmodel: [tiny-llama]\nprecision: [bf16]\nbatch_size: [1]\n")
+    matrix = tiny_matrix(tmp_path, "vllm_server")
     with pytest.raises(PlanError, match=r"workload.search looks for the most load that meets an SLO.*workload.slo="):
         plan, tree = load_plan(str(matrix), CONF, ["workload.search={over: concurrency, max: 8}"])
         schedule(plan, tree, tmp_path / "results")

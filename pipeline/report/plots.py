@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from pipeline.config import SLO_NAMES
 from pipeline.report.verdict import flag_text, pareto_front
 
 # Text stays text (small files, crisp in the browser); fixed ids and no date: same data, same bytes.
@@ -322,9 +323,6 @@ def roofline_plot(cells: pd.DataFrame) -> Figure | None:
     axis.grid(which="both", alpha=0.2)
     axis.legend(fontsize=6, loc="lower right")
     return figure
-
-
-SLO_NAMES = {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E"}
 
 
 def search_plot(search: pd.DataFrame, cells: pd.DataFrame) -> Figure | None:

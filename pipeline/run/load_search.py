@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline.config import SLO_TARGETS, SearchConfig, SloConfig
-from pipeline.stats import bootstrap_interval, by_repeat, slo_figures
+from pipeline.stats import bootstrap_interval, by_repeat, count_within, slo_figures, target_holds
 
 REMEASURES = 2
 
@@ -59,9 +59,10 @@ def judge(records: list[dict], slo: SloConfig) -> dict:
             groups = [[r[key] for r in rows] for rows in probes.values()]
             interval = bootstrap_interval(groups, slo.percentile) if values else None
             point[f"{key}_slo_pct_low"], point[f"{key}_slo_pct_high"] = interval[1:] if interval else (None, None)
-            within = sum(r["success"] and r[key] is not None and r[key] <= slo.targets[key] for r in records)
-            if within < slo.percentile / 100 * len(records):
-                misses.append(f"{within} of {len(records)} within {key} <= {slo.targets[key] * 1e3:.4g} ms")
+            target = slo.targets[key]
+            if not target_holds(records, key, target, slo.percentile):
+                within = count_within(records, key, target)
+                misses.append(f"{within} of {len(records)} within {key} <= {target * 1e3:.4g} ms")
     point["why"] = "; ".join(misses) or None
     return point
 
