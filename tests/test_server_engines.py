@@ -358,3 +358,18 @@ def test_prefix_cache_hits_with_the_cache_off_are_flagged():
     assert clean["prefix_cache_hit_rate"] is None and "prefix_cache_flag" not in clean
     cells = pd.DataFrame([{"cell_id": "a/m/fp32/bs1", **off}, {"cell_id": "b/m/fp32/bs1", **clean}])
     assert cache_sentence(cells).startswith("1 cell(s) were partly served from the server's prefix cache")
+
+
+def test_a_server_dying_mid_search_costs_the_search_not_the_repeats(tmp_path, models_dir):
+    """4 measured requests, the first probe (4), then the stand-in exits in its 9th stream: the second probe."""
+    marker = f"fake-{uuid.uuid4().hex[:8]}"
+    overrides = [*WORKLOAD, "workload.warmup_requests=0", "workload.slo={tpot_s:0.05}", "workload.search={max:8}"]
+    (summary,), (requests,), _ = run_instance(
+        tmp_path, "openai", (1,), f"models_dir={models_dir}", *launched_fake(marker, "--die-after", "8"), *overrides
+    )
+    assert summary["status"] == "ok", summary["error"]
+    check_rows(requests, 4)  # the repeats' requests, all kept
+    search = summary["search"]
+    assert search["result"] is None and search["probes"] == 1 and search["points"][0]["met"]
+    assert search["reason"].startswith("the search failed at probe 2: ServerFailed: the server exited with code 3")
+    assert running_with(marker) == []

@@ -105,34 +105,45 @@ def search_load(
     def always_met(load: float) -> bool:
         return all(p["met"] for p in points if p["load"] == load)
 
-    good: float | None = None
-    bad: float | None = None
-    if at(lowest, "bracket"):
-        good = lowest
-    while good is not None and bad is None and good < highest and can_probe():
-        load = min(highest, good * 2)
-        if at(load, "bracket"):
-            good = load
-        else:
-            bad = load
-    remeasured = 0
-    while good is not None and bad is not None:
-        while bad - good > step * (1 + 1e-9) and can_probe():
-            middle = (good + bad) // 2 if integer else (good + bad) / 2
-            if at(middle, "bisect"):
-                good = middle
+    def bracket_and_bisect() -> tuple[float | None, float | None]:
+        good: float | None = None
+        bad: float | None = None
+        if at(lowest, "bracket"):
+            good = lowest
+        while good is not None and bad is None and good < highest and can_probe():
+            load = min(highest, good * 2)
+            if at(load, "bracket"):
+                good = load
             else:
-                bad = middle
-        if stop is not None or remeasured >= REMEASURES or not can_probe():
-            break
-        remeasured += 1
-        if at(good, "remeasure"):
-            break
-        bad = good
-        held = [load for load in records_at if load < good and always_met(load)]
-        good = max(held) if held else None
+                bad = load
+        remeasured = 0
+        while good is not None and bad is not None:
+            while bad - good > step * (1 + 1e-9) and can_probe():
+                middle = (good + bad) // 2 if integer else (good + bad) / 2
+                if at(middle, "bisect"):
+                    good = middle
+                else:
+                    bad = middle
+            if stop is not None or remeasured >= REMEASURES or not can_probe():
+                break
+            remeasured += 1
+            if at(good, "remeasure"):
+                break
+            bad = good
+            held = [load for load in records_at if load < good and always_met(load)]
+            good = max(held) if held else None
+        return good, bad
 
-    if good is None:
+    failure = None
+    try:
+        good, bad = bracket_and_bisect()
+    except Exception as exc:  # a server that dies mid-search costs the search, not the cell's repeats
+        good = bad = None
+        failure = f"the search failed at probe {len(points) + 1}: {type(exc).__name__}: {exc}"
+
+    if failure is not None:
+        reason = failure
+    elif good is None:
         first = points[0]
         reason = (
             f"even the smallest load ({search.over} {lowest:g}) misses the SLO: {first['why']}"
