@@ -40,6 +40,7 @@ PROMPT_FORMATS = ("token_ids", "text")
 
 
 DEVICE_KINDS = ("cpu", "gpu")
+FIDELITY_SOURCES = ("logits", "top_logprobs", None)
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,17 @@ class EngineConfig:
     server: ServerSettings | dict | None = None  # mode: server only
     environment: str | None = None  # envs/<environment>.yaml runs its jobs (default: the engine's name)
     devices: dict[str, Any] = field(default_factory=dict)  # cpu/gpu -> DeviceSettings: the defaults by device
+    # how the adapter reads next-token distributions for the fidelity pass (pipeline.run.fidelity):
+    # logits (every position's whole distribution), top_logprobs (the top-k the engine reports), or
+    # null (it reads none: the instance's fidelity is `unsupported`)
+    fidelity: str | None = None
 
     def __post_init__(self):
         _require(bool(self.name), "engine.name must not be empty")
+        _require(
+            self.fidelity in FIDELITY_SOURCES,
+            f"engine {self.name}: engine.fidelity must be logits, top_logprobs or null, got {self.fidelity!r}",
+        )
         _require(
             self.adapter.count(":") == 1 and all(self.adapter.split(":")),
             f"engine {self.name}: engine.adapter must name its adapter as module:Class, got {self.adapter!r}",
@@ -195,12 +204,19 @@ class ModelConfig:
     architecture: dict[str, Any] = field(default_factory=dict)
     # engine-specific artifacts by what the engine is asked for: {q4f16_1: HF://mlc-ai/...-MLC, Q4_0: x.gguf}
     builds: dict[str, str] = field(default_factory=dict)
+    # synthetic models: a brief training run on the local corpus ({steps, batch, length, lr};
+    # pipeline.models.synthetic.train_briefly), so that fidelity figures mean something; {}: random weights
+    training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         _require(bool(self.name), "model.name must not be empty")
         _require(
             self.synthetic or bool(self.hub_id) or bool(self.path),
             f"model {self.name}: give a hub_id or a path, or set synthetic: true",
+        )
+        bad = sorted(set(self.training) - {"steps", "batch", "length", "lr"})
+        _require(
+            not bad, f"model {self.name}: unknown model.training setting(s) {bad}; valid: steps, batch, length, lr"
         )
         if self.synthetic:
             for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
@@ -379,6 +395,59 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class FidelityConfig:
+    """The fidelity pass (workload.fidelity): once per engine instance, after its speed cells,
+    teacher-forced next-token distributions on `prompts` fixed prompts of `positions` + 1 tokens,
+    compared with the model's hf fp32 reference over the reference's `top_k` tokens.
+    `min_top1` (the verdict's fidelity budget) and `fp32_min_top1` (below it an fp32 instance's
+    fidelity fails: its export or prompt path is wrong) are analysis only."""
+
+    enabled: bool = True
+    prompts: int = 8
+    positions: int = 32
+    top_k: int = 20
+    min_top1: float = 0.99
+    fp32_min_top1: float = 0.99
+
+    def __post_init__(self):
+        _require(
+            isinstance(self.enabled, bool), f"workload.fidelity.enabled must be true or false, got {self.enabled!r}"
+        )
+        for key in ("prompts", "positions", "top_k"):
+            value = getattr(self, key)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"workload.fidelity.{key} must be a whole number >= 1, got {value!r}",
+            )
+        _require(self.top_k >= 5, f"workload.fidelity.top_k must be >= 5 (top-5 overlap needs them), got {self.top_k}")
+        for key in ("min_top1", "fp32_min_top1"):
+            value = getattr(self, key)
+            _require(
+                isinstance(value, int | float) and 0 <= value <= 1,
+                f"workload.fidelity.{key} is a share of positions in [0, 1], got {value!r}",
+            )
+
+    @classmethod
+    def parse(cls, value) -> FidelityConfig:
+        if value is None:
+            return cls(enabled=False)
+        if isinstance(value, bool):
+            return cls(enabled=value)
+        _require(
+            isinstance(value, dict),
+            f"workload.fidelity must be true, false or a mapping like {{prompts: 8}}, got {value!r}",
+        )
+        return build_section(cls, "workload.fidelity", dict(value))
+
+    # settings that only judge the figures: changing them re-runs collect, never an engine
+    ANALYSIS_ONLY = ("min_top1", "fp32_min_top1")
+
+    def reference_settings(self, seed: int) -> dict:
+        """What fixes the prompts and the reference's tokens: a reference made with others is stale."""
+        return {"prompts": self.prompts, "positions": self.positions, "top_k": self.top_k, "seed": seed}
+
+
+@dataclass(frozen=True)
 class WorkloadConfig:
     name: str = "default"
     input_tokens: int = 64
@@ -407,6 +476,8 @@ class WorkloadConfig:
     # engines' prefix caches (vLLM's, SGLang's radix cache, MLC's, llama.cpp server's) stay off so
     # that no repeat is served from cache; true studies the cache on purpose
     prefix_cache: bool = False
+    # precision fidelity against the model's hf fp32 reference, once per instance (FidelityConfig)
+    fidelity: bool | dict | None = True
 
     def __post_init__(self):
         _require(
@@ -421,6 +492,7 @@ class WorkloadConfig:
         _require(self.warmup_requests >= 0, f"workload.warmup_requests must be >= 0, got {self.warmup_requests}")
         self.repeat_policy  # noqa: B018 (validates)
         self.slo_config  # noqa: B018 (validates)
+        self.fidelity_config  # noqa: B018 (validates)
         _require(
             self.search_config is None or self.slo_config is not None,
             "workload.search looks for the most load that meets an SLO, and workload.slo gives none: "
@@ -444,6 +516,10 @@ class WorkloadConfig:
     @property
     def search_config(self) -> SearchConfig | None:
         return SearchConfig.parse(self.search)
+
+    @property
+    def fidelity_config(self) -> FidelityConfig:
+        return FidelityConfig.parse(self.fidelity)
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,31 @@ def bootstrap_interval(
     return _widened(estimate, np.concatenate(draws), k)
 
 
+def mean_interval(
+    groups: Sequence[Sequence[float]], resamples: int = RESAMPLES, seed: int = 0, upper: float | None = None
+) -> tuple[float, float, float] | None:
+    """(mean, low, high) of the pooled values, 95%, two-level bootstrap as bootstrap_interval's
+    (groups, then values within each drawn group), widened alike; `upper` caps a share at 1."""
+    arrays = [np.asarray(g, dtype=float) for g in groups if len(g)]
+    if not arrays:
+        return None
+    estimate = float(np.concatenate(arrays).mean())
+    k, lengths = len(arrays), np.array([len(a) for a in arrays])
+    padded = np.zeros((k, lengths.max()))
+    for i, values in enumerate(arrays):
+        padded[i, : len(values)] = values
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, k, size=(resamples, k))
+    sizes = lengths[chosen]
+    picks = (rng.random((resamples, k, padded.shape[1])) * sizes[..., None]).astype(int)
+    inside = np.arange(padded.shape[1]) < sizes[..., None]
+    totals = np.where(inside, padded[chosen[..., None], picks], 0.0).sum(axis=(1, 2))
+    estimate, low, high = _widened(estimate, totals / sizes.sum(axis=1), k)
+    if upper is not None:
+        low, high = min(low, upper), min(high, upper)
+    return estimate, low, high
+
+
 def _nested_draws(nested: list[list[np.ndarray]], percentile: float, resamples: int, seed: int) -> np.ndarray:
     """Three-level draws: clusters, groups within each, values within each group. Padded like
     the two-level case: positions past a cluster's groups or a group's values draw inf, which

@@ -27,6 +27,30 @@ def models_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def fidelity_reference(models_dir) -> Path:
+    """tiny-llama's hf fp32 fidelity reference, where the workflow keeps it (built once)."""
+    from pipeline.models.paths import fidelity_reference_path
+    from pipeline.plan.conf import compose_cell
+    from pipeline.results.store import write_json
+    from pipeline.run.fidelity import build_reference, reference_config
+
+    cfg = reference_config(compose_cell(["model=tiny-llama", f"models_dir={models_dir}"]))
+    path = fidelity_reference_path(cfg.model, models_dir)
+    if not path.is_file():
+        write_json(path, build_reference(cfg, threads=1))
+    return path
+
+
+def fidelity_of(engine, reference: Path) -> dict:
+    """An engine's fidelity pass on the reference, judged as collect judges it."""
+    from pipeline.analysis.fidelity import fidelity_columns
+    from pipeline.run.fidelity import fidelity_pass
+
+    record = fidelity_pass(engine, engine.cfg, reference)
+    return fidelity_columns({"status": "ok"}, record, engine.cfg.workload.fidelity_config, engine.cfg.engine_precision)
+
+
 def run_snakemake(
     workdir: Path, *args: str, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:

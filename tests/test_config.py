@@ -27,7 +27,7 @@ def test_overrides_reach_the_dataclasses():
         (
             ["workload.output_token=3"],
             "unknown setting 'workload.output_token': workload has no 'output_token'; "
-            "valid there: client_processes, input_tokens, instance_starts, name, num_requests, output_tokens",
+            "valid there: client_processes, fidelity, input_tokens, instance_starts, name, num_requests, output_tokens",
         ),
         (["engin.device=cpu"], "the top level has no 'engin'"),
         (["workload.output_tokens=1"], "workload.output_tokens must be >= 2"),

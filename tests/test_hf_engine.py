@@ -68,3 +68,16 @@ def test_precision_maps_to_the_torch_dtype(models_dir):
     engine = HFEngine(compose_cell([f"models_dir={models_dir}", "precision=fp32"]), max_batch_size=1, threads=1)
     engine.load()
     assert next(engine.model.parameters()).dtype == torch.float32
+
+
+def test_fidelity_of_bf16_and_of_the_reference_itself(engine, models_dir, fidelity_reference):
+    from tests.conftest import fidelity_of
+
+    bf16 = fidelity_of(engine, fidelity_reference)
+    assert bf16["fidelity_status"] == "ok" and bf16["fidelity_positions"] == 8 * 32
+    assert 0 < bf16["fidelity_kl_mean"] < 1e-3 and bf16["fidelity_top1"] >= 0.9
+    fp32 = HFEngine(compose_cell([f"models_dir={models_dir}", "precision=fp32"]), max_batch_size=1, threads=1)
+    fp32.load()
+    same = fidelity_of(fp32, fidelity_reference)  # the reference's own engine and precision
+    assert same["fidelity_top1"] == 1.0 and same["fidelity_kl_mean"] < 1e-12
+    assert same["fidelity_kl_mean"] < bf16["fidelity_kl_mean_low"]

@@ -5,6 +5,7 @@ import itertools
 import pytest
 
 from pipeline.plan.conf import compose_cell
+from tests.conftest import fidelity_of
 
 pytestmark = pytest.mark.engine
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make setup-engines`")
@@ -95,3 +96,19 @@ def test_a_batch_is_refused_with_the_reason(gguf_files, models_dir):
     engine = engine_for(models_dir, "fp32")
     with pytest.raises(ValueError, match="one sequence at a time"):
         engine.generate([[5] * 4, [6] * 4], output_tokens=2)
+
+
+def test_fidelity_orders_the_quantizations_and_f32_matches_hf(gguf_files, models_dir, fidelity_reference):
+    """Every position's logits (a context reopened with logits_all) against hf fp32 on the same prompts."""
+    figures = {}
+    for precision in ("fp32", "bf16", "int8", "int4"):
+        engine = engine_for(models_dir, precision)
+        figures[precision] = fidelity_of(engine, fidelity_reference)
+        assert "logits_all" not in engine.args  # the speed cells' context is the one recorded
+        engine.close()
+    fp32 = figures["fp32"]
+    assert fp32["fidelity_status"] == "ok" and fp32["fidelity_source"] == "logits"
+    assert fp32["fidelity_top1"] >= 0.995 and fp32["fidelity_kl_mean"] < 1e-7  # the GGUF export is right
+    for worse, better in (("int4", "int8"), ("int8", "bf16"), ("bf16", "fp32")):
+        assert figures[worse]["fidelity_kl_mean_low"] > figures[better]["fidelity_kl_mean_high"], (worse, better)
+    assert figures["int4"]["fidelity_top1"] < figures["fp32"]["fidelity_top1"]

@@ -13,6 +13,7 @@ Axes come from each result's own fields, never from directory names.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,11 +21,12 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.analysis.diagnosis import diagnose
+from pipeline.analysis.fidelity import fidelity_columns
 from pipeline.analysis.metrics import summarize
 from pipeline.analysis.roofline import cell_roofline, select_hardware
-from pipeline.config import SLO_TARGETS, CellConfig, ConfigError, HardwareConfig, SloConfig
+from pipeline.config import SLO_TARGETS, CellConfig, ConfigError, FidelityConfig, HardwareConfig, SloConfig
 from pipeline.plan.conf import CONF_DIR, ConfTree
-from pipeline.results.schema import AXES, CELL_COLUMN_NAMES, FINAL, STATUSES, CellResult
+from pipeline.results.schema import AXES, CELL_COLUMN_NAMES, ERROR, FINAL, OK, STATUSES, CellResult
 from pipeline.results.store import atomic_write, read_result
 from pipeline.stats import slo_figures
 
@@ -95,6 +97,28 @@ def cache_columns(counters: dict | None, enabled: bool | None) -> dict:
             "its figures may be flattered by a cache (check the engine's prefix_cache_flags)"
         )
     return row
+
+
+def fidelity_of(path: Path, result: CellResult, judged: FidelityConfig | None, records: dict) -> dict:
+    """The fidelity columns of an ok cell: its instance's pass, judged by the budget given now
+    (`judged`: the matrix's workload.fidelity) or else by the one it was measured with."""
+    if result.status != OK or result.config is None:
+        return {}
+    settings = FidelityConfig.parse((result.config.get("workload") or {}).get("fidelity"))
+    if judged is not None:
+        budget = {key: getattr(judged, key) for key in FidelityConfig.ANALYSIS_ONLY}
+        settings = dataclasses.replace(settings, **budget)
+    entry, record = result.fidelity, None
+    if entry and entry.get("file"):
+        file = (Path(path).parent / entry["file"]).resolve()
+        if file not in records:
+            try:
+                records[file] = json.loads(file.read_text())
+            except (OSError, ValueError) as exc:
+                return {"fidelity_status": ERROR, "fidelity_reason": f"the fidelity record {file} is unreadable: {exc}"}
+        record = records[file]
+    columns = fidelity_columns(entry, record, settings, result.engine_precision)
+    return {**columns, "fidelity_budget_top1": settings.min_top1}
 
 
 def settling(starts: list[dict]) -> dict:
@@ -229,15 +253,20 @@ def search_points(result: CellResult) -> list[dict]:
 
 
 def collect(
-    summary_paths: list[Path], hardware: str = "auto", conf_dir: Path = CONF_DIR, slo: SloConfig | None = None
+    summary_paths: list[Path],
+    hardware: str = "auto",
+    conf_dir: Path = CONF_DIR,
+    slo: SloConfig | None = None,
+    fidelity: FidelityConfig | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """hardware: the conf/hardware/ entry to judge the cells against (auto: detect per cell);
-    slo: the latency targets for goodput, as the matrix's workload states them now.
+    slo: the latency targets for goodput, as the matrix's workload states them now; fidelity:
+    its workload.fidelity, whose budget judges the fidelity figures (None: each cell's own).
     Returns cells, requests and the load searches' probes."""
     tree = ConfTree(conf_dir, [f"hardware={hardware}"])
     requested, entries = tree.requested_hardware(), tree.hardware_entries()  # the datasheets, read once
     rows, requests, points = [], [], []
-    results = []
+    results, fidelity_records = [], {}
     for path in summary_paths:
         result = read_result(path)
         if result is None:
@@ -253,6 +282,7 @@ def collect(
         records = read_records(Path(path).with_name("requests.csv"))
         rows.append(cell_row(result, records, requested, entries, slo))
         rows[-1].update(searched.get((result.engine, result.model, result.precision), {}))
+        rows[-1].update(fidelity_of(path, result, fidelity, fidelity_records))
         points += search_points(result)
         if records:
             frame = pd.DataFrame.from_records(records)
@@ -291,10 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--search", type=Path, help="output: one row per load-search probe (workload.search)")
     parser.add_argument("--slo", default="null", help="workload.slo as JSON, e.g. '{\"tpot_s\": 0.05}' (null: none)")
+    parser.add_argument(
+        "--fidelity", default=None, help="workload.fidelity as JSON, whose budget judges the fidelity figures"
+    )
     parser.add_argument("summaries", nargs="+", type=Path)
     args = parser.parse_args(argv)
     try:
-        cells, requests, search = collect(args.summaries, args.hardware, slo=SloConfig.parse(json.loads(args.slo)))
+        fidelity = FidelityConfig.parse(json.loads(args.fidelity)) if args.fidelity else None
+        cells, requests, search = collect(
+            args.summaries, args.hardware, slo=SloConfig.parse(json.loads(args.slo)), fidelity=fidelity
+        )
     except ConfigError as exc:
         parser.error(str(exc))
     outputs = [(cells, args.cells), (requests, args.requests)] + ([(search, args.search)] if args.search else [])

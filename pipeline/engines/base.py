@@ -21,6 +21,10 @@ class CannotRun(RuntimeError):
     the cell is `unsupported`, with this message as the reason; the engine serves the others."""
 
 
+class FidelityUnsupported(CannotRun):
+    """The engine exposes no next-token distributions: the instance's fidelity is `unsupported`."""
+
+
 @dataclass
 class RequestResult:
     """One request as the measuring process saw it; all times from time.perf_counter()."""
@@ -147,6 +151,13 @@ class Engine(ABC):
         """Work a cell's shape needs once before its warm-up (a compile); its seconds, or None.
         Raises CannotRun when the engine cannot run that shape at all."""
         return None
+
+    def next_token_logprobs(self, prompts: list[list[int]], top_k: int = 20) -> list:
+        """Teacher-forced (pipeline.run.fidelity): for each prompt, the natural-log next-token
+        distribution after each of its tokens but the last, as a (positions x vocab) array where
+        the engine gives whole distributions, else one {token id: logprob} per position holding
+        at least the engine's own top_k."""
+        raise FidelityUnsupported(f"the {type(self).__name__} adapter reads no next-token distributions")
 
     def weight_bytes(self) -> dict | None:
         """Exact {"total", "read_per_step"} bytes of the loaded weights when the engine's file

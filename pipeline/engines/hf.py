@@ -100,6 +100,18 @@ class HFEngine(Engine):
             )
         return results
 
+    def next_token_logprobs(self, prompts: list[list[int]], top_k: int = 20) -> list:
+        from pipeline.run.fidelity import log_softmax
+
+        torch = self._torch
+        rows = []
+        with torch.inference_mode():
+            for prompt in prompts:
+                input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+                logits = self.model(input_ids=input_ids).logits[0, :-1]
+                rows.append(log_softmax(logits.float().cpu().numpy()))
+        return rows
+
     def probe_target(self) -> tuple[str, str]:
         return str(self.device), self.cfg.engine_precision
 

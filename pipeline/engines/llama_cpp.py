@@ -72,6 +72,26 @@ class LlamaCppEngine(Engine):
         result.text = self.llm.detokenize(tokens).decode("utf-8", errors="replace")
         return [result]
 
+    def next_token_logprobs(self, prompts: list[list[int]], top_k: int = 20) -> list:
+        """Every position's logits need a context made with logits_all, which would also change
+        the speed cells' prefill: the pass (after them) reopens the file with it."""
+        import numpy as np
+
+        from pipeline.run.fidelity import log_softmax
+
+        llama_cpp = self.require()
+        longest = max(len(p) for p in prompts)
+        self.llm.close()
+        args = {**self.args, "logits_all": True}
+        args["n_ctx"], args["n_batch"] = max(args["n_ctx"], longest), max(args["n_batch"], longest)
+        self.llm = llama_cpp.Llama(**args)
+        rows = []
+        for prompt in prompts:
+            self.llm.reset()
+            self.llm.eval(prompt)
+            rows.append(log_softmax(np.array(self.llm.scores[: len(prompt) - 1], dtype=np.float64)))
+        return rows
+
     def weight_bytes(self) -> dict | None:
         return gguf_weight_bytes(self.path)
 

@@ -24,10 +24,12 @@ class VLLMEngine(Engine):
         vllm = self.require()
         # conf/engine/vllm.yaml: devices, with engine.options on top; the prefix cache off unless studied
         options = {"enable_prefix_caching": self.cfg.workload.prefix_cache, **self.device_settings.options}
+        fidelity = self.cfg.workload.fidelity_config  # its prompts, after the cells, must fit the context too
+        fidelity_length = fidelity.positions + 2 if fidelity.enabled else 0  # the prompt and one token out
         self.args = {
             "model": model_source(self.cfg.model, self.cfg.models_dir),
             "dtype": self.cfg.engine_precision,
-            "max_model_len": self.cfg.workload.input_tokens + self.cfg.workload.output_tokens,
+            "max_model_len": max(self.cfg.workload.input_tokens + self.cfg.workload.output_tokens, fidelity_length),
             "max_num_seqs": max(self.max_batch_size, 1),
             "seed": self.cfg.workload.seed,
             **options,
@@ -71,6 +73,19 @@ class VLLMEngine(Engine):
                     result.output_tokens = count
                     result.text = completion.text
         return [results[request_id] for request_id in ids]
+
+    def next_token_logprobs(self, prompts: list[list[int]], top_k: int = 20) -> list:
+        """vLLM reports, per prompt position, its own top-k (prompt_logprobs, at most the engine's
+        max_logprobs) plus the prompt's next token: the reference's tokens outside them are unknown."""
+        limit = self.llm.llm_engine.model_config.max_logprobs
+        k = top_k if limit < 0 else min(top_k, limit)
+        params = self._sampling(temperature=0.0, max_tokens=1, prompt_logprobs=k)
+        outputs = self.llm.generate([self._prompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        # prompt_logprobs[t] is the distribution that predicted token t; [0] has none
+        return [
+            [{token: entry.logprob for token, entry in position.items()} for position in output.prompt_logprobs[1:]]
+            for output in outputs
+        ]
 
     def probe_target(self) -> tuple[str, str]:
         return ("cuda" if self.device_kind == "gpu" else "cpu"), self.cfg.engine_precision

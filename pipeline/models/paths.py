@@ -32,3 +32,8 @@ def gguf_path(model: ModelConfig, models_dir: str | Path, file_type: str) -> Pat
     if model.synthetic:
         return Path(models_dir) / model.name / "gguf" / f"{file_type}.gguf"
     raise ValueError(f"model {model.name}: llama.cpp needs a GGUF file; give model.path=/path/to/file.gguf")
+
+
+def fidelity_reference_path(model: ModelConfig, models_dir: str | Path = "models") -> Path:
+    """The model's hf fp32 fidelity reference (pipeline.run.fidelity), kept with its other artifacts."""
+    return Path(models_dir) / model.name / "fidelity" / "reference.json"

@@ -1,7 +1,9 @@
 """Synthetic models: an architecture + seed -> a local HF directory, with no download.
 
 Speed does not depend on weight values, so a random model of the right shape measures
-what a real one would. The tokenizer is a byte-level BPE trained here on a seeded
+what a real one would. Precision fidelity does depend on them: a model may ask for a brief
+training run on its corpus (model.training), so that its next-token distributions have a
+trained model's shape (train_briefly says why). The tokenizer is a byte-level BPE trained here on a seeded
 pseudo-text corpus (GPT-2 pre-tokenization, so llama.cpp's "gpt2" tokenizer can match it).
 
     python -m pipeline.models.synthetic tiny-llama --into models/tiny-llama [model.seed=1 ...]
@@ -99,6 +101,41 @@ def train_tokenizer(vocab_size: int, seed: int):
     return tokenizer
 
 
+def train_briefly(hf_model, tokenizer, model: ModelConfig) -> dict:
+    """A short language-modelling run on the model's own pseudo corpus (model.training: steps, batch,
+    length, lr). Random weights give near-flat next-token distributions with tiny margins, on which
+    any rounding flips the top token: the fidelity figures (pipeline.run.fidelity) would measure the
+    random weights, not the precision. A brief run gives the distributions a trained model's shape:
+    a few likely tokens well ahead of the rest. Speed does not depend on it."""
+    import torch
+
+    training = {"batch": 16, "length": 64, "lr": 3e-3, **model.training}
+    started = time.perf_counter()
+    lines = _pseudo_corpus(model.seed, n_words=60_000)
+    data = torch.tensor([i for line in lines for i in tokenizer.encode(line + "\n", add_special_tokens=False)])
+    device = next(hf_model.parameters()).device
+    optimizer = torch.optim.AdamW(hf_model.parameters(), lr=training["lr"])
+    generator = torch.Generator().manual_seed(model.seed)
+    hf_model.train()
+    losses = []
+    for _ in range(int(training["steps"])):
+        starts = torch.randint(0, len(data) - training["length"] - 1, (training["batch"],), generator=generator)
+        batch = torch.stack([data[s : s + training["length"]] for s in starts.tolist()]).to(device)
+        loss = hf_model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    hf_model.eval()
+    seconds = time.perf_counter() - started
+    print(
+        f"[models] {model.name}: trained {training['steps']} steps in {seconds:.1f}s "
+        f"(loss {losses[0]:.2f} -> {losses[-1]:.2f} nats/token)",
+        file=sys.stderr,
+    )
+    return {**training, "loss_first": losses[0], "loss_last": losses[-1], "seconds": seconds}
+
+
 def materialize(model: ModelConfig, target: str | Path) -> Path:
     """Write the model's HF directory (safetensors + tokenizer) into target, atomically."""
     import torch
@@ -137,11 +174,15 @@ def materialize(model: ModelConfig, target: str | Path) -> Path:
     # Random init of a 7B model takes minutes on a CPU and seconds on a GPU; the values differ
     # between the two (other generators), which speed does not depend on. Recorded either way.
     init_device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(init_device):
-        hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    steps = int(model.training.get("steps", 0))
+    with torch.device(init_device):  # trained in fp32 (AdamW in bf16 barely moves), saved in bf16
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if steps else torch.bfloat16)
     n_params = sum(p.numel() for p in hf_model.parameters())
-    hf_model.save_pretrained(staging, safe_serialization=True)
     facts = {"name": model.name, "seed": model.seed, "params": n_params, "initialized_on": init_device}
+    if steps:
+        facts["training"] = train_briefly(hf_model, fast, model)
+        hf_model = hf_model.to(torch.bfloat16)
+    hf_model.save_pretrained(staging, safe_serialization=True)
     (staging / "synthetic.json").write_text(json.dumps(facts))
     print(
         f"[models] {model.name}: {n_params / 1e6:.1f}M params (initialized on the {init_device}) written in "

@@ -27,6 +27,7 @@ from pipeline.config import (
     CellConfig,
     ConfigError,
     EngineConfig,
+    FidelityConfig,
     HardwareConfig,
     ModelConfig,
     PrecisionConfig,
@@ -81,13 +82,17 @@ def compose_cell(overrides: list[str], conf_dir: Path = CONF_DIR) -> CellConfig:
 def measurement_digest(sections: dict[str, Any]) -> str:
     """A fingerprint of what a cell is measured with: its composed engine, model, precision and
     workload sections, normalized through their dataclasses (defaults filled in, key order and
-    override order irrelevant). Hardware datasheets, the SLO (unless a load search uses it),
-    comments and analysis code are not in it: changing them re-runs collect and the report, never an engine."""
+    override order irrelevant). Hardware datasheets, the SLO (unless a load search uses it), the
+    fidelity budget, comments and analysis code are not in it: changing them re-runs collect and
+    the report, never an engine."""
     canonical = {
         name: dataclasses.asdict(build_section(cls, name, sections[name])) for name, cls in MEASUREMENT_SECTIONS.items()
     }
-    if canonical["workload"]["search"] is None:  # a search measures against the SLO; otherwise collect judges it
-        canonical["workload"].pop("slo")
+    workload = canonical["workload"]
+    if workload["search"] is None:  # a search measures against the SLO; otherwise collect judges it
+        workload.pop("slo")
+    fidelity = dataclasses.asdict(FidelityConfig.parse(workload["fidelity"]))
+    workload["fidelity"] = {k: v for k, v in fidelity.items() if k not in FidelityConfig.ANALYSIS_ONLY}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -33,6 +33,7 @@ class EngineSpec:
     max_batch_size: int | None = None
     model_format: str = "hf"
     environment: str = ""  # envs/<environment>.yaml: where its jobs run
+    fidelity: str | None = None  # how it reads next-token distributions (None: its fidelity is unsupported)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Catalog:
                 max_batch_size=engine.max_batch_size,
                 model_format=engine.model_format,
                 environment=engine.environment or name,
+                fidelity=engine.fidelity,
             )
         return cls(options=options, engines=specs)
 

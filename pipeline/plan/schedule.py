@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, FidelityConfig
+from pipeline.models.paths import fidelity_reference_path
 from pipeline.models.shape import model_weight_bytes
 from pipeline.plan.conf import ConfTree, check_overrides, to_override
 from pipeline.plan.matrix import EngineSpec, Instance, Plan, PlanError, load_plan
@@ -79,6 +80,7 @@ class InstanceJob:
     outputs: tuple[str, ...]  # the pending cells' summary.json files
     attempt_file: str  # this attempt's record (named by the state): missing until the job ran
     model_input: str | None  # the materialized synthetic model this instance loads
+    fidelity_reference: str | None = None  # the model's hf fp32 reference its fidelity pass compares with
     environment: str = ""  # envs/<environment>.yaml (server engines run in their engine's)
     mem_mb: int = BASE_MEM_MB  # host memory the job asks (resources: mem_mb)
     runtime_min: int = 60  # the job's wall-time limit (resources: runtime), from the workload's timeouts
@@ -95,6 +97,8 @@ class Schedule:
     cell_states: dict[Cell, str]
     hardware: str = "auto"  # the datasheet entry collect judges the cells against (conf/hardware/)
     slo: str = "null"  # workload.slo as JSON, for collect
+    fidelity: str = "{}"  # workload.fidelity's reference settings as JSON: a change rebuilds the references
+    fidelity_budget: str = "null"  # workload.fidelity as JSON, for collect (its budget judges the figures)
     notes: tuple[str, ...] = ()  # what planning could only guess (printed with the plan)
     tracking: bool = True  # log to MLflow (--config tracking=false turns it off)
     gpus: int = 0  # GPUs each engine instance job asks (--config gpus=N)
@@ -181,6 +185,7 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
         cell: cell_state(read_result(summary_path(results_dir, cell)), digests[cell.instance]) for cell in plan.cells
     }
     jobs, notes = [], []
+    compares = base.workload.fidelity_config.enabled  # each instance's fidelity pass needs its model's reference
     for instance in plan.instances():
         pending = tuple(
             bs
@@ -212,6 +217,9 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
                 model_input=model_input(models_dir, instance, plan.engines[instance.engine])
                 if instance.model in synthetic
                 else None,
+                fidelity_reference=str(fidelity_reference_path(model_configs[instance.model], models_dir))
+                if compares and instance.runnable and plan.engines[instance.engine].fidelity
+                else None,
                 environment=plan.engines[instance.engine].environment or instance.engine,
                 mem_mb=BASE_MEM_MB + math.ceil(2 * weights / 2**20),
                 runtime_min=math.ceil(runtime_s / 60),
@@ -228,6 +236,8 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
         states,
         hardware=base.hardware.name,
         slo=json.dumps(base.workload.slo),
+        fidelity=json.dumps(base.workload.fidelity_config.reference_settings(base.workload.seed), sort_keys=True),
+        fidelity_budget=json.dumps(dataclasses.asdict(base.workload.fidelity_config), sort_keys=True),
         notes=tuple(notes),
     )
 
@@ -302,6 +312,20 @@ def _count(value: Any, key: str) -> int:
     return number
 
 
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def model_overrides(overrides: tuple[str, ...]) -> list[str]:
     """The overrides that shape a materialized model (model.*)."""
-    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~").startswith("model.")]
+    return [o for o in overrides if _key(o).startswith("model.")]
+
+
+def reference_overrides(overrides: tuple[str, ...]) -> list[str]:
+    """The overrides that shape a model's fidelity reference: the model, its prompts, their seed."""
+    judged = tuple(f"workload.fidelity.{key}" for key in FidelityConfig.ANALYSIS_ONLY)
+    return [
+        o
+        for o in overrides
+        if _key(o).startswith(("model.", "workload.fidelity", "workload.seed")) and _key(o) not in judged
+    ]

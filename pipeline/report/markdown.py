@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 
-from pipeline.report.tables import NOISE_HEADERS
+from pipeline.report.tables import FIDELITY_NOTE, NOISE_HEADERS
 
 # Characters that Markdown would read as formatting, links or table structure.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]{}|#~!])")
@@ -85,6 +85,14 @@ def _search(context: dict) -> list[str]:
     return ["## The most load within the SLO", "", table(headers, rows), ""]
 
 
+def _fidelity(context: dict) -> list[str]:
+    if not context["fidelity_rows"]:
+        return []
+    headers = [header for header, _ in context["fidelity_headers"]]
+    rows = [[r[key] for _, key in context["fidelity_headers"]] for r in context["fidelity_rows"]]
+    return ["## Precision fidelity", "", md_escape(FIDELITY_NOTE), "", table(headers, rows), ""]
+
+
 def _noise(context: dict) -> list[str]:
     parts = [
         "## Noise",
@@ -123,6 +131,7 @@ def render_markdown(context: dict) -> str:
         f"generated {md_escape(context['generated_at'])}. The plots are in index.html.",
         "",
     ]
-    sections = _verdict(context) + _cells(context) + _failures(context) + _search(context) + _noise(context)
+    sections = _verdict(context) + _cells(context) + _failures(context) + _search(context) + _fidelity(context)
+    sections += _noise(context)
     sections += _environment(context)
     return "\n".join(head + sections)

@@ -366,6 +366,49 @@ def search_plot(search: pd.DataFrame, cells: pd.DataFrame) -> Figure | None:
     return figure
 
 
+KL_FLOOR = 1e-12  # a smaller KL (0 for the reference itself) is drawn on this floor of the log axis
+
+
+def fidelity_plot(cells: pd.DataFrame) -> Figure | None:
+    """Per model, each instance's TPOT p50 (at its smallest batch size) against its KL from hf fp32."""
+    if "fidelity_kl_mean" not in cells:
+        return None
+    ok = ok_cells(cells)
+    ok = ok[ok["fidelity_status"] == "ok"].dropna(subset=["fidelity_kl_mean", "tpot_s_p50"])
+    ok = ok.sort_values("batch_size", kind="stable").drop_duplicates(["model", "engine", "precision"])
+    if ok.empty:
+        return None
+    models = sorted(ok["model"].astype(str).unique())
+    figure, axes = _panels(len(models))
+    colors = config_colors(cells)
+    for axis, model in zip(axes, models, strict=True):
+        of_model = ok[ok["model"].astype(str) == model]
+        kl = of_model["fidelity_kl_mean"].astype(float).clip(lower=KL_FLOOR)
+        tpot = of_model["tpot_s_p50"].astype(float) * 1000
+        for (_, point), x, y in zip(of_model.iterrows(), kl, tpot, strict=True):
+            xerr = [
+                [max(x - max(point["fidelity_kl_mean_low"], KL_FLOOR), 0)],
+                [max(point["fidelity_kl_mean_high"] - x, 0)],
+            ]
+            yerr = [[max(y - point["tpot_s_p50_low"] * 1000, 0)], [max(point["tpot_s_p50_high"] * 1000 - y, 0)]]
+            has_errors = pd.notna(point["fidelity_kl_mean_low"]) and pd.notna(point["tpot_s_p50_low"])
+            axis.errorbar(
+                [x], [y], xerr=xerr if has_errors else None, yerr=yerr if has_errors else None, fmt="o",
+                color=colors[point["config"]], label=plain(point["config"]), capsize=2,
+            )  # fmt: skip
+            axis.annotate(f"bs{point['batch_size']}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        on_front = pareto_front(-kl, tpot)
+        front = pd.DataFrame({"kl": kl, "tpot": tpot})[on_front].sort_values("kl")
+        axis.plot(front["kl"], front["tpot"], color="black", linestyle="--", linewidth=1, label="Pareto frontier")
+        axis.set_xscale("log")
+        axis.set_title(plain(model))
+        axis.set_xlabel(f"KL(hf fp32 || engine), nats (<= {KL_FLOOR:g} drawn at it)")
+        axis.set_ylabel("TPOT p50 (ms), lower is better")
+        axis.grid(alpha=0.3)
+    _shared_legend(figure, axes)
+    return figure
+
+
 def all_plots(cells: pd.DataFrame, requests: pd.DataFrame, search: pd.DataFrame | None = None) -> list[Plot]:
     """Every plot the data allows, in report order; a plot without data is left out."""
     specs = [
@@ -416,6 +459,15 @@ def all_plots(cells: pd.DataFrame, requests: pd.DataFrame, search: pd.DataFrame 
             "with its 95% interval; the dashed line is the target, each dotted line the largest load that met the "
             "SLO every time it was probed (pipeline/run/load_search.py states the method).",
             lambda: search_plot(search, cells),
+        ),
+        (
+            "fidelity",
+            "Speed vs precision fidelity",
+            "Each engine instance at its smallest batch size: its TPOT p50 against the mean KL divergence of its "
+            "next-token distributions from the model's hf fp32 reference (teacher-forced on fixed prompts; both "
+            "with 95% intervals); the dashed line joins the Pareto frontier: no other instance is both faster and "
+            "closer to the reference.",
+            lambda: fidelity_plot(cells),
         ),
     ]
     plots = []

@@ -21,6 +21,8 @@ import pandas as pd
 from pipeline.report.markdown import render_markdown
 from pipeline.report.plots import all_plots
 from pipeline.report.tables import (
+    FIDELITY_HEADERS,
+    FIDELITY_NOTE,
     NOISE_HEADERS,
     NOISE_RULE,
     SEARCH_HEADERS,
@@ -28,6 +30,7 @@ from pipeline.report.tables import (
     cell_rows,
     environment_rows,
     failure_rows,
+    fidelity_rows,
     flagged_rows,
     noise_rows,
     search_rows,
@@ -97,6 +100,9 @@ def build_context(
         "flagged": flagged_rows(cells),
         "search_rows": search_rows(cells),
         "search_headers": SEARCH_HEADERS,
+        "fidelity_rows": fidelity_rows(cells),
+        "fidelity_headers": FIDELITY_HEADERS,
+        "fidelity_note": FIDELITY_NOTE,
         "repeats": ", ".join(repeats) or "unknown",
         "noise_warnings": [w.text for w in noise_warnings(cells)],
         "noise_unknown": not ok.empty and spreads.isna().all(),

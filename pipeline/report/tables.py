@@ -172,6 +172,58 @@ def search_rows(cells: pd.DataFrame) -> list[dict]:
     return rows
 
 
+FIDELITY_NOTE = (
+    "Once per engine instance, after its speed cells: teacher-forced next-token distributions on fixed prompts, "
+    "against the model's hf fp32 reference. KL: over the reference's top-k tokens the engine reported plus one "
+    "bucket for the rest (a lower bound of the exact KL; pipeline/analysis/fidelity.py). Brackets: 95% intervals "
+    "(bootstrap over prompts, then positions)."
+)
+FIDELITY_HEADERS = (
+    ("configuration", "config"),
+    ("status", "status"),
+    ("KL mean (nats)", "kl"),
+    ("KL p99", "kl_p99"),
+    ("top-1 agreement", "top1"),
+    ("top-5 overlap", "top5"),
+    ("log p(ref top) - ref", "delta"),
+    ("positions", "positions"),
+    ("note", "note"),
+)
+
+
+def _scientific(value) -> str:
+    return f"{float(value):.2g}" if pd.notna(value) else ""
+
+
+def fidelity_rows(cells: pd.DataFrame) -> list[dict]:
+    """One row per engine instance's fidelity pass, or why there is none."""
+    if "fidelity_status" not in cells:
+        return []
+    ok = cells[(cells["status"] == "ok") & cells["fidelity_status"].notna() & (cells["fidelity_status"] != "off")]
+    rows = []
+    for _, row in ok.drop_duplicates(["model", "engine", "precision"]).iterrows():
+        measured = row["fidelity_status"] in ("ok", "failed")
+        interval = f" [{_scientific(row['fidelity_kl_mean_low'])}-{_scientific(row['fidelity_kl_mean_high'])}]"
+        top1 = ""
+        if measured:
+            low, high = percent(row["fidelity_top1_low"]), percent(row["fidelity_top1_high"])
+            top1 = f"{percent(row['fidelity_top1'])} [{low}-{high}]"
+        rows.append(
+            {
+                "config": text(f"{row['model']} {row['engine']} {row['precision']}"),
+                "status": text(row["fidelity_status"]),
+                "kl": text(_scientific(row["fidelity_kl_mean"]) + interval) if measured else "",
+                "kl_p99": text(_scientific(row["fidelity_kl_p99"])) if measured else "",
+                "top1": text(top1),
+                "top5": percent(row["fidelity_top5_overlap"]) if measured else "",
+                "delta": text(_scientific(row["fidelity_ref_logprob_delta"])) if measured else "",
+                "positions": integer(row["fidelity_positions"]) if measured else "",
+                "note": text(row["fidelity_reason"]) if pd.notna(row.get("fidelity_reason")) else "",
+            }
+        )
+    return rows
+
+
 def flagged_rows(cells: pd.DataFrame) -> list[dict]:
     if ROOFLINE_FLAG not in cells:
         return []

@@ -17,6 +17,7 @@ from pipeline.report.ranking import LATENCY, THROUGHPUT, Candidate, Ranking, can
 
 ROOFLINE_FLAG = "roofline_flag"
 FLAGS_NAMED = 5  # the verdict names this many flagged cells; the table lists them all
+DEFAULT_BUDGET = 0.99  # workload.fidelity.min_top1's default, for a cells.csv that does not say
 
 
 @dataclass
@@ -229,6 +230,7 @@ def model_verdict(model: str, cells: pd.DataFrame) -> ModelVerdict:
         *precision_sentences(cells),
         slo_sentence(cells),
         search_sentence(cells),
+        *fidelity_sentences(cells),
     ]
     verdict.sentences = [s for s in sentences if s]
     return verdict
@@ -340,6 +342,77 @@ def precision_sentences(cells: pd.DataFrame) -> list[str]:
                 f"{head}, yet its TPOT is {1 / speedup:.1f}x higher: here decode is not limited by bytes "
                 "(dequantization or kernel overhead dominates)."
             )
+    return sentences
+
+
+def fidelity_instances(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per engine instance whose fidelity pass was judged (its smallest batch size's cell)."""
+    if "fidelity_status" not in cells:
+        return cells.iloc[0:0]
+    judged = cells[(cells["status"] == "ok") & cells["fidelity_status"].isin(["ok", "failed"])]
+    return judged.sort_values("batch_size", kind="stable").drop_duplicates(["model", "engine", "precision"])
+
+
+def _agreement(row) -> str:
+    low, high = as_number(row.get("fidelity_top1_low")), as_number(row.get("fidelity_top1_high"))
+    shown = _percent(row["fidelity_top1"], 1)
+    return f"{shown} [{_percent(low, 1)[:-1]}-{_percent(high, 1)}]" if low is not None and high is not None else shown
+
+
+def fidelity_sentences(cells: pd.DataFrame) -> list[str]:
+    """One model's fidelity: the fp32 cross-check, and the fastest configuration within the budget
+    (top-1 agreement with hf fp32 >= workload.fidelity.min_top1) where the intervals rank it."""
+    instances = fidelity_instances(cells)
+    if instances.empty:
+        return []
+    sentences = []
+    failed = instances[instances["fidelity_status"] == "failed"]
+    for row in failed.itertuples():
+        sentences.append(f"Fidelity check failed for {row.engine} {row.precision}: {row.fidelity_reason}")
+    fp32 = instances[(instances["precision"] == "fp32") & (instances["engine"] != "hf")]
+    if not fp32.empty:
+        agree = _and([f"{row['engine']} {_agreement(row)}" for _, row in fp32.iterrows()])
+        sentences.append(
+            f"Correctness: the same model at fp32 through other engines agrees with hf fp32 on the top-1 token at "
+            f"{agree} of positions (teacher-forced), a check of their model files and prompt paths."
+        )
+    judged = instances[instances["fidelity_status"] == "ok"]
+    if judged.empty:
+        return sentences
+    budget = as_number(judged["fidelity_budget_top1"].iloc[0])
+    budget = DEFAULT_BUDGET if budget is None else budget
+    batch = int(judged["batch_size"].min())
+    # every cell of an instance carries its pass: compare them at one batch size, the smallest
+    at = cells[(cells["status"] == "ok") & (cells["batch_size"] == batch) & (cells["fidelity_status"] == "ok")]
+    agreement = at["fidelity_top1"].astype(float)
+    within, outside = at[agreement >= budget], at[agreement < budget]
+    head = f"Within the fidelity budget (top-1 agreement with hf fp32 >= {_percent(budget, 1)})"
+    if within.empty:
+        closest = at.loc[agreement.idxmax()]
+        sentences.append(
+            f"{head} no configuration was measured; the closest is {closest['engine']} {closest['precision']} "
+            f"({_agreement(closest)})."
+        )
+        return sentences
+    ranking = rank(candidates(within, LATENCY), lower_is_better=True)
+    if ranking is None:
+        return sentences
+    best = ranking.best
+    if not ranking.contested:
+        text = f"{head} only {best.config} qualifies at batch {batch} ({with_interval(best, _ms)} per token)."
+    elif ranking.decisive:
+        other = ranking.runner_up
+        text = (
+            f"{head} the fastest at batch {batch} is {best.config} ({with_interval(best, _ms)} per token), "
+            f"ahead of {other.config} ({with_interval(other, _ms)})."
+        ) + _intervals_note(best, other)
+    else:
+        text = f"{head} the fastest at batch {batch} " + _tie_clause(ranking, _ms, lambda c: c.config)
+    faster = outside[outside[LATENCY].astype(float) < best.value]
+    if not faster.empty:
+        named = _and([f"{row['engine']} {row['precision']} ({_agreement(row)})" for _, row in faster.iterrows()])
+        text += f" Faster but outside the budget: {named}."
+    sentences.append(text)
     return sentences
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.stats import HEADLINE
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 OK, UNSUPPORTED, ERROR, TIMEOUT = "ok", "unsupported", "error", "timeout"
 STATUSES = (OK, UNSUPPORTED, ERROR, TIMEOUT)
@@ -93,6 +93,9 @@ class CellResult:
     search: dict | None = None
     # the server's own prefix-cache counters over the measured repeats, summed over starts: {queries, hits}
     prefix_cache: dict | None = None
+    # the instance's fidelity pass (pipeline.run.fidelity), run after its speed cells: {status, reason,
+    # file: its record beside the cell directories, pass_s}; None: not run (workload.fidelity off)
+    fidelity: dict | None = None
     # the machine and the artifacts, as found
     peaks: dict = field(default_factory=dict)  # probe results on the engine's device (pipeline.run.probes)
     hardware: dict = field(default_factory=dict)  # detected CPU/GPU (pipeline.run.provenance)
@@ -198,6 +201,16 @@ CELL_COLUMNS: tuple[Column, ...] = (
     Column("prefix_cache", PARAM),
     *_metrics("prefix_cache_queries", "prefix_cache_hits", "prefix_cache_hit_rate"),
     Column("prefix_cache_flag", INFO),  # hits while the cache should be off: the figures may be flattered
+    # the instance's precision fidelity against the model's hf fp32 reference (pipeline.analysis.fidelity;
+    # every cell of the instance carries it): ok | failed (an fp32 instance that disagrees) | unsupported | error | off
+    Column("fidelity_status", INFO),
+    Column("fidelity_reason", INFO),
+    Column("fidelity_source", INFO),  # logits (whole distributions) | top_logprobs (the engine's own top-k)
+    Column("fidelity_estimator", INFO),
+    *_metrics("fidelity_positions", "fidelity_kl_mean", "fidelity_kl_mean_low", "fidelity_kl_mean_high"),
+    *_metrics("fidelity_kl_p99", "fidelity_top1", "fidelity_top1_low", "fidelity_top1_high"),
+    *_metrics("fidelity_top5_overlap", "fidelity_ref_logprob_delta", "fidelity_reported_share", "fidelity_s"),
+    Column("fidelity_budget_top1", PARAM),  # workload.fidelity.min_top1: the verdict's budget
     # 95% intervals of the headline figures (pipeline.stats: two-level bootstrap)
     *_metrics(*(f"{name}_{end}" for name in HEADLINE for end in ("low", "high"))),
     Column("output_tok_s_repeats", INFO),  # JSON list, one throughput per repeat

@@ -13,6 +13,9 @@ from typing import IO
 from pipeline.results.schema import REQUEST_COLUMNS, Cell, CellResult
 
 
+FIDELITY_FILE = "fidelity.json"  # an instance's fidelity pass, beside its cells' directories
+
+
 def cell_dir(results_dir: str | Path, cell: Cell) -> Path:
     return Path(results_dir) / cell.engine / cell.model / cell.precision / f"bs{cell.batch_size}"
 

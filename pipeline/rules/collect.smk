@@ -20,6 +20,8 @@ rule collect:
     params:
         hardware=SCHEDULE.hardware,
         slo=shlex.quote(SCHEDULE.slo),  # a changed SLO re-runs this step (params), never an engine
+        fidelity=shlex.quote(SCHEDULE.fidelity_budget),  # likewise the fidelity budget
     shell:
         f"{PYTHON} -m pipeline.analysis.collect --cells {{output.cells}} --requests {{output.requests}}"
-        " --search {output.search} --hardware {params.hardware} --slo {params.slo} {input.summaries} > {log} 2>&1"
+        " --search {output.search} --hardware {params.hardware} --slo {params.slo} --fidelity {params.fidelity}"
+        " {input.summaries} > {log} 2>&1"

@@ -18,6 +18,7 @@ for job in SCHEDULE.jobs:
             job.instance.rule_name
         input:
             [job.model_input] if job.model_input else [],
+            [job.fidelity_reference] if job.fidelity_reference else [],
         output:
             summaries=job.outputs,
             attempt=job.attempt_file,

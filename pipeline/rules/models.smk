@@ -1,5 +1,5 @@
 from pipeline.models.gguf import FLOAT_TYPES, QUANT_TYPES
-from pipeline.plan.schedule import model_overrides
+from pipeline.plan.schedule import model_overrides, reference_overrides
 
 
 # A synthetic model (random weights, local tokenizer), built once and shared by every cell.
@@ -50,3 +50,25 @@ rule gguf_quantized:
         "../../envs/llama_cpp.yaml"
     shell:
         f"{PYTHON} -m pipeline.models.gguf {{input}} --type {{wildcards.gguf_type}} --out {{output}} > {{log}} 2>&1"
+
+
+# Each model's fidelity reference: hf at fp32 on the fixed fidelity prompts, built once and compared
+# with by every instance of the model (pipeline/run/fidelity.py); its settings are params: a change rebuilds it.
+rule fidelity_reference:
+    input:
+        lambda w: (
+            [f"{SCHEDULE.models_dir}/{w.model}/config.json"] if w.model in SCHEDULE.synthetic_models else []
+        ),
+    output:
+        f"{SCHEDULE.models_dir}/{{model}}/fidelity/reference.json",
+    log:
+        f"{SCHEDULE.models_dir}/logs/{{model}}-fidelity-reference.log",
+    conda:
+        "../../envs/hf.yaml"
+    threads: SCHEDULE.threads(workflow)
+    params:
+        settings=SCHEDULE.fidelity,
+        overrides=" ".join(reference_overrides(SCHEDULE.plan.overrides)),
+    shell:
+        f"{PYTHON} -m pipeline.run.fidelity {{wildcards.model}} --out {{output}} --threads {{threads}}"
+        " {params.overrides} > {log} 2>&1"

@@ -15,7 +15,7 @@ import traceback
 
 from pipeline.config import CellConfig
 from pipeline.run.lifetime import die_with_parent
-from pipeline.run.protocol import CellFailed, CellUnsupported, LoadFailed, Ready, RunCell
+from pipeline.run.protocol import CellFailed, CellUnsupported, FidelityDone, LoadFailed, Ready, RunCell, RunFidelity
 from pipeline.run.provenance import describe_hardware, engine_environment
 
 
@@ -25,6 +25,7 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
     os.setpgrp()
     die_with_parent(signal.SIGKILL)  # a supervisor killed outright takes its engine (and server) along
     from pipeline.engines.base import CannotRun, adapter_class
+    from pipeline.run.fidelity import fidelity_pass
     from pipeline.run.measure import measure_cell
 
     def progress(message: str) -> None:
@@ -61,11 +62,14 @@ def serve(conn, cell_values: dict, max_batch_size: int, threads: int | None) -> 
     last_probe: tuple[dict, float] | None = None
     while True:
         message = conn.recv()
-        if not isinstance(message, RunCell):  # Stop
+        if not isinstance(message, RunCell | RunFidelity):  # Stop
             break
         cell = CellConfig.from_dict(message.config)
-        probe_before, last_probe = _recent(last_probe), None
         try:
+            if isinstance(message, RunFidelity):  # after the speed cells: nothing is timed any more
+                conn.send(FidelityDone(fidelity_pass(engine, cell, message.reference)))
+                continue
+            probe_before, last_probe = _recent(last_probe), None
             done = measure_cell(engine, cell, progress, probe_before=probe_before, search=message.search)
             last_probe = (done.probes[-1], time.monotonic()) if done.probes else None
             conn.send(done)

@@ -25,6 +25,18 @@ from pipeline.results.store import read_result
 from pipeline.run.supervisor import _process_start_time, run_instance
 
 
+def ensure_reference(cfg: CellConfig) -> None:
+    """The model's fidelity reference, built here when missing (the workflow builds it as a rule)."""
+    from pipeline.models.paths import fidelity_reference_path
+    from pipeline.results.store import write_json
+    from pipeline.run.fidelity import build_reference, reference_config
+
+    path = fidelity_reference_path(cfg.model, cfg.models_dir)
+    if not path.is_file():
+        print(f"building the fidelity reference {path}", file=sys.stderr)
+        write_json(path, build_reference(reference_config(cfg), say=lambda m: print(m, file=sys.stderr)))
+
+
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     started = _process_start_time()
@@ -38,6 +50,8 @@ def main(cfg: DictConfig) -> None:
 
         if not (model_dir(cell_cfg.model, cell_cfg.models_dir) / "config.json").exists():
             materialize(cell_cfg.model, model_dir(cell_cfg.model, cell_cfg.models_dir))
+    if cell_cfg.workload.fidelity_config.enabled and cell_cfg.engine.fidelity is not None:
+        ensure_reference(cell_cfg)
     # Every command-line override except the cell's own axes applies, as in a workflow.
     axes = ("engine", "model", "precision", "batch_size", "out_dir", "models_dir")
     overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in axes]

@@ -1,8 +1,9 @@
 """The messages between the supervisor (pipeline.run.supervisor) and its engine process
 (pipeline.run.engine_process), sent over a multiprocessing pipe.
 
-supervisor -> engine: RunCell, then Stop.
-engine -> supervisor: Ready or LoadFailed once; then CellDone, CellUnsupported or CellFailed per RunCell.
+supervisor -> engine: RunCell per cell, RunFidelity once after them (workload.fidelity), then Stop.
+engine -> supervisor: Ready or LoadFailed once; then CellDone, CellUnsupported or CellFailed per RunCell;
+FidelityDone, CellUnsupported or CellFailed for RunFidelity.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from dataclasses import dataclass
 class RunCell:
     config: dict  # CellConfig.to_dict()
     search: bool = False  # also run the instance's load search (workload.search) in this cell
+
+
+@dataclass(frozen=True)
+class RunFidelity:
+    config: dict  # CellConfig.to_dict() of one of the instance's cells
+    reference: str  # the model's fidelity reference (pipeline.run.fidelity)
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,11 @@ class CellDone:
 
 
 @dataclass(frozen=True)
+class FidelityDone:
+    record: dict  # pipeline.run.fidelity.fidelity_pass: the engine's values for the reference's tokens
+
+
+@dataclass(frozen=True)
 class CellUnsupported:
     reason: str  # the engine cannot run this cell's shape; it serves the others
 
@@ -67,16 +79,18 @@ class CellFailed:
     engine_alive: bool  # False: the engine cannot serve another cell (its server died)
 
 
-EngineMessage = Ready | LoadFailed | CellDone | CellUnsupported | CellFailed
-SupervisorMessage = RunCell | Stop
+EngineMessage = Ready | LoadFailed | CellDone | FidelityDone | CellUnsupported | CellFailed
+SupervisorMessage = RunCell | RunFidelity | Stop
 __all__ = [
     "CellDone",
     "CellFailed",
     "CellUnsupported",
     "EngineMessage",
+    "FidelityDone",
     "LoadFailed",
     "Ready",
     "RunCell",
+    "RunFidelity",
     "Stop",
     "SupervisorMessage",
 ]

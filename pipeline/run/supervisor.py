@@ -34,15 +34,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.config import CellConfig, ConfigError
+from pipeline.models.paths import fidelity_reference_path
 from pipeline.models.shape import model_architecture
 from pipeline.plan.conf import measurement_digest
 from pipeline.results.schema import ERROR, OK, TIMEOUT, UNSUPPORTED, Cell, CellResult
-from pipeline.results.store import write_cell, write_json
+from pipeline.results.store import FIDELITY_FILE, write_cell, write_json
 from pipeline.run.cpu_slots import pin_cores
 from pipeline.run.engine_process import serve
+from pipeline.run.fidelity import no_distributions
 from pipeline.run.gpu_slots import NoGpuSlots, acquire, scheduler_devices
 from pipeline.run.lifetime import die_with_parent
-from pipeline.run.protocol import CellDone, CellFailed, CellUnsupported, LoadFailed, Ready, RunCell, Stop
+from pipeline.run.protocol import (
+    CellDone,
+    CellFailed,
+    CellUnsupported,
+    FidelityDone,
+    LoadFailed,
+    Ready,
+    RunCell,
+    RunFidelity,
+    Stop,
+)
 from pipeline.run.provenance import describe_hardware, git_sha
 
 
@@ -100,8 +112,10 @@ class InstanceRunner:
         configs: dict[int, CellConfig | str],
         overrides: list[str],
         threads: int | None,
+        instance_dir: Path | None = None,
     ):
         self.cells = cells
+        self.instance_dir = instance_dir
         self.out_dirs = out_dirs
         self.configs = configs
         self.overrides = overrides
@@ -117,6 +131,7 @@ class InstanceRunner:
         self.measured: dict[Cell, Measured] = {}  # what each cell's engine starts measured so far
         self.finished: set[Cell] = set()  # cells no further engine start measures
         self.searched = False  # the instance's load search (workload.search) runs once, in the first cell that finishes
+        self.measured_ok: dict[Cell, CellResult] = {}  # cells whose latest result is ok: they carry the fidelity pass
 
     # -- engine process -------------------------------------------------------------
     def _start_engine(self, cfg: CellConfig) -> _EngineProcess:
@@ -212,7 +227,44 @@ class InstanceRunner:
                 if cell in self.finished:  # failed, unsupported or invalid: no further start measures it
                     continue
                 self._run_checked(cell, process_started, start)
+        if first is not None and first.workload.fidelity_config.enabled and self.measured_ok:
+            self._record_fidelity(first)
         self._stop_engine()
+
+    # -- the fidelity pass, once per instance after its speed cells ------------------------
+    def _record_fidelity(self, cfg: CellConfig) -> None:
+        """Run the pass, write its record beside the cell directories, and note it in every ok cell."""
+        started = time.perf_counter()
+        status, reason, record = self._fidelity_pass(cfg)
+        entry = {"status": status, "reason": reason, "pass_s": time.perf_counter() - started}
+        record_path = None
+        if record is not None:
+            record_path = (self.instance_dir or self.out_dirs[self.cells[0].batch_size]) / FIDELITY_FILE
+            write_json(record_path, record)
+        _log(f"fidelity: {status} {reason}".rstrip() + f" ({entry['pass_s']:.1f}s)")
+        for cell, result in self.measured_ok.items():
+            out_dir = self.out_dirs[cell.batch_size]
+            noted = {**entry, "file": os.path.relpath(record_path, out_dir)} if record_path else entry
+            write_json(out_dir / "summary.json", {**result.to_dict(), "fidelity": noted})
+
+    def _fidelity_pass(self, cfg: CellConfig) -> tuple[str, str, dict | None]:
+        if cfg.engine.fidelity is None:  # said without starting an engine
+            return UNSUPPORTED, no_distributions(cfg.engine.name), None
+        reference = fidelity_reference_path(cfg.model, cfg.models_dir)
+        try:
+            if self.engine is None:  # the last cell ended its engine: a fresh one for the pass
+                self.engine = self._start_engine(cfg)
+            self.engine.conn.send(RunFidelity(cfg.to_dict(), str(reference)))
+            message = _receive(self.engine.conn, self.engine.process, cfg.workload.timeout_s, "the fidelity pass")
+        except EngineFailure as failure:
+            self.kill_engine()
+            return ERROR, str(failure), None
+        if isinstance(message, FidelityDone):
+            return OK, "", message.record
+        if isinstance(message, CellUnsupported):
+            return UNSUPPORTED, message.reason, None
+        _log(getattr(message, "traceback", ""))
+        return ERROR, getattr(message, "error", f"unexpected reply {type(message).__name__}"), None
 
     def _run_checked(self, cell: Cell, process_started: float, start: int) -> None:
         cfg = self.configs.get(cell.batch_size)
@@ -314,6 +366,9 @@ class InstanceRunner:
         )
         if status != OK:
             self.finished.add(cell)
+            self.measured_ok.pop(cell, None)
+        else:
+            self.measured_ok[cell] = result
         self._write(cell, result, total.records)
 
 
@@ -469,7 +524,7 @@ def run_instance(
     first = next((c for c in configs.values() if isinstance(c, CellConfig)), None)
     if first is not None and first.engine.threads:
         threads = first.engine.threads
-    runner = InstanceRunner(cells, out_dirs, configs, overrides, threads)
+    runner = InstanceRunner(cells, out_dirs, configs, overrides, threads, instance_dir)
 
     def on_signal(signum, frame):
         _log(f"received signal {signum}: stopping the engine; finished cells are kept")
