@@ -308,6 +308,8 @@ def expected_plots(cells: pd.DataFrame) -> set[str]:
         keys |= {"roofline"}
     if "achieved_bandwidth_gbs" in cells and cells["achieved_bandwidth_gbs"].notna().any():
         keys |= {"bandwidth"}
+    if "fidelity_status" in cells and (cells["fidelity_status"] == "ok").any():
+        keys |= {"fidelity"}
     return keys
 
 
@@ -357,6 +359,8 @@ def test_report_from_a_real_smoke_run(smoke_report):
     assert "Only one repeat ran" in page  # the smoke matrix runs one repeat
     assert "workload.output_tokens: 8" in page and "workload.output_tokens: 8" in markdown
     assert markdown.startswith("# llm-infer-bench report: smoke") and "## Verdict" in markdown
+    # the smoke run's hf bf16 instance ran its fidelity pass against hf fp32
+    assert "fidelity" in plot_keys(page) and 'id="fidelity-table"' in page and "## Precision fidelity" in markdown
 
 
 def test_a_sweep_where_every_cell_failed_still_renders(tmp_path):
@@ -598,3 +602,50 @@ def test_the_slo_sentence_names_who_meets_it_and_claims_no_ranking():
     nobody = cells.assign(slo_met=False)
     assert "no cell meets it (best attainment 100%)" in " ".join(verdict(nobody).models[0].sentences)
     assert not [s for s in verdict(pd.DataFrame([cell("A")])).models[0].sentences if s.startswith("SLO")]
+
+
+def fidelity(top1: float, kl: float, status: str = "ok", noise: float = 0.1, **extra) -> dict:
+    return {
+        "fidelity_status": status,
+        "fidelity_top1": top1,
+        "fidelity_top1_low": max(top1 - 0.01, 0),
+        "fidelity_top1_high": min(top1 + 0.01, 1),
+        "fidelity_kl_mean": kl,
+        "fidelity_kl_mean_low": kl * (1 - noise),
+        "fidelity_kl_mean_high": kl * (1 + noise),
+        "fidelity_budget_top1": 0.99,
+        **extra,
+    }
+
+
+def test_the_fastest_precision_within_the_fidelity_budget():
+    cells = table(
+        cell("A", "fp32", tpot_ms=10.0, **fidelity(1.0, 1e-12)),
+        cell("A", "bf16", tpot_ms=6.0, **fidelity(0.995, 1e-6)),
+        cell("A", "int4", tpot_ms=3.0, **fidelity(0.6, 1e-2)),
+        cell("B", "fp32", tpot_ms=12.0, **fidelity(0.999, 1e-11)),
+    )
+    sentences = verdict(cells).sentences
+    within = next(s for s in sentences if s.startswith("Within the fidelity budget"))
+    assert "(top-1 agreement with hf fp32 at least 99.0%) the fastest at batch 1 is A bf16" in within
+    assert "ahead of A fp32" in within and "Faster but outside the budget: A int4 (60.0%" in within
+    assert any(s.startswith("Correctness: the same model at fp32 through other engines") and "B 99.9%" in s
+               for s in sentences)  # fmt: skip
+    assert "fidelity" in {p.key for p in all_plots(cells, pd.DataFrame(columns=["cell_id"]))}
+
+
+def test_fidelity_claims_nothing_the_data_does_not_support():
+    overlapping = table(
+        cell("A", "fp32", tpot_ms=10.0, noise=0.3, **fidelity(1.0, 1e-12)),
+        cell("A", "bf16", tpot_ms=9.0, noise=0.3, **fidelity(0.995, 1e-6)),
+    )
+    within = next(s for s in verdict(overlapping).sentences if s.startswith("Within the fidelity budget"))
+    assert "cannot be ranked between" in within and "is A" not in within
+    none_within = table(cell("A", "int4", **fidelity(0.6, 1e-2)), cell("A", "int8", **fidelity(0.9, 1e-3)))
+    (said,) = [s for s in verdict(none_within).sentences if "fidelity budget" in s]
+    assert "no configuration was measured; the closest is A int8 (90.0%" in said
+    broken = table(cell("B", "fp32", **fidelity(0.4, 0.5, status="failed", fidelity_reason="the export is wrong")))
+    assert any(s == "Fidelity check failed for B fp32: the export is wrong" for s in verdict(broken).sentences)
+    unsupported = table(cell("C", "bf16", fidelity_status="unsupported", fidelity_reason="no logits"))
+    assert not [s for s in verdict(unsupported).sentences if "fidelity" in s.lower()]
+    assert "fidelity" not in {p.key for p in all_plots(unsupported, pd.DataFrame(columns=["cell_id"]))}

@@ -227,3 +227,24 @@ def test_a_load_search_needs_an_slo_measures_against_it_and_budgets_its_time(tmp
     assert searched_digest != planned("workload.slo={tpot_s: 0.05}", "workload.search={max: 16}")[0]
     assert searched_digest != planned("workload.slo={tpot_s: 0.09}", search)[0]
     assert searched_job.runtime_min >= plain_job.runtime_min + (600 + 600) // 60  # budget_s + one probe's timeout
+
+
+def test_fidelity_needs_the_models_reference_and_its_budget_never_re_measures(tmp_path):
+    from pipeline.plan.schedule import reference_overrides
+
+    matrix = tiny_matrix(tmp_path, "hf, llama_cpp, vllm_server")
+    plan, tree = load_plan(str(matrix), CONF, ["models_dir=/m", "workload.fidelity.min_top1=0.9"])
+    jobs = {job.instance.engine: job for job in schedule(plan, tree, tmp_path / "results").jobs}
+    # one reference per model, shared by every instance that can compare with it
+    reference = "/m/tiny-llama/fidelity/reference.json"
+    assert jobs["hf"].fidelity_reference == jobs["llama_cpp"].fidelity_reference == reference
+    assert jobs["vllm_server"].fidelity_reference is None  # its adapter reads no distributions: nothing to wait for
+    # the budget judges, in collect; the prompts are measured with
+    base = ConfTree(CONF).digest("hf", "tiny-llama", "bf16")
+    assert ConfTree(CONF, ["workload.fidelity.min_top1=0.9"]).digest("hf", "tiny-llama", "bf16") == base
+    assert ConfTree(CONF, ["workload.fidelity.prompts=4"]).digest("hf", "tiny-llama", "bf16") != base
+    overrides = ("models_dir=/m", "model.seed=2", "workload.fidelity.prompts=4", "workload.fidelity.min_top1=0.9",
+                 "workload.output_tokens=8", "engine.threads=1")  # fmt: skip
+    assert reference_overrides(overrides) == ["models_dir=/m", "model.seed=2", "workload.fidelity.prompts=4"]
+    off = load_plan(str(matrix), CONF, ["workload.fidelity=false"])
+    assert all(job.fidelity_reference is None for job in schedule(*off, tmp_path / "results").jobs)

@@ -98,6 +98,10 @@ def test_openai_endpoint_cell_measures_the_known_schedule(tmp_path, models_dir):
     )
     (missed,) = collect([path], slo=SloConfig(ttft_s=0.01))[0].to_dict("records")
     assert missed["slo_met"] is False and missed["slo_attainment"] == 0 and missed["goodput_tok_s"] == 0
+    # an endpoint exposes no distributions to this adapter: its fidelity says so, with no number
+    assert summary["fidelity"]["status"] == "unsupported"
+    assert met["fidelity_status"] == "unsupported" and pd.isna(met["fidelity_kl_mean"])
+    assert "engine openai reads no next-token distributions" in met["fidelity_reason"]
 
 
 def test_open_loop_cell_and_an_offline_engine_refusing_it(tmp_path, models_dir):

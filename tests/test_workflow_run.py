@@ -111,9 +111,23 @@ def test_the_job_keeps_snakemakes_thread_count_for_mkl_away_from_the_engine(firs
     assert env["OMP_NUM_THREADS"] == "2" and "MKL_NUM_THREADS" not in env
 
 
+def test_every_cell_carries_its_instances_fidelity(first_run):
+    workdir, _, run = first_run
+    assert run.returncode == 0, run.stderr
+    cells = pd.read_csv(workdir / "results/wf/cells.csv").set_index("cell_id")
+    fp32, bf16 = cells.loc["hf/tiny-llama/fp32/bs1"], cells.loc["hf/tiny-llama/bf16/bs1"]
+    assert fp32.fidelity_status == "ok" and fp32.fidelity_top1 >= 0.995 and fp32.fidelity_kl_mean < 1e-9
+    assert bf16.fidelity_status == "ok" and bf16.fidelity_kl_mean_low > fp32.fidelity_kl_mean_high
+    assert cells.loc["hf/tiny-llama/bf16/bs3"].fidelity_kl_mean == bf16.fidelity_kl_mean  # one pass per instance
+    assert (workdir / "results/wf/hf/tiny-llama/bf16/fidelity.json").is_file()
+    assert pd.isna(cells.loc["hf/tiny-llama/int4/bs1"].fidelity_status)  # unsupported by hf: no pass
+
+
 def test_rerun_keeps_finished_cells_and_retries_failed_ones(first_run, models_dir):
     workdir, matrix, _ = first_run
     results = workdir / "results/wf"
+    reference = models_dir / "tiny-llama/fidelity/reference.json"
+    reference_built = reference.stat().st_mtime_ns
     before = {c: summary(results, c)["finished_at"] for c in ("hf/tiny-llama/fp32/bs1", "hf/tiny-llama/bf16/bs3")}
     args = ("--cores", "2", "--config", f"matrix={matrix}", f"models_dir={models_dir}")
 
@@ -133,6 +147,9 @@ def test_rerun_keeps_finished_cells_and_retries_failed_ones(first_run, models_di
     assert summary(results, "hf/tiny-llama/bf16/bs1")["engine_start"] == 1
     cells = pd.read_csv(results / "cells.csv")
     assert (cells.status != "error").all()
+    # the retried instance ran its fidelity pass again, against the model's reference as it was
+    assert reference.stat().st_mtime_ns == reference_built
+    assert summary(results, "hf/tiny-llama/bf16/bs3")["fidelity"]["status"] == "ok"
 
     # a profile whose rerun triggers lack `params` still retries (the attempt record is missing)
     failed = summary(results, "hf/tiny-llama/bf16/bs3")

@@ -322,10 +322,11 @@ def model_overrides(overrides: tuple[str, ...]) -> list[str]:
 
 
 def reference_overrides(overrides: tuple[str, ...]) -> list[str]:
-    """The overrides that shape a model's fidelity reference: the model, its prompts, their seed."""
+    """The overrides that shape a model's fidelity reference: the model (and where it is), its
+    prompts, their seed."""
     judged = tuple(f"workload.fidelity.{key}" for key in FidelityConfig.ANALYSIS_ONLY)
     return [
         o
         for o in overrides
-        if _key(o).startswith(("model.", "workload.fidelity", "workload.seed")) and _key(o) not in judged
+        if _key(o).startswith(("model.", "models_dir", "workload.fidelity", "workload.seed")) and _key(o) not in judged
     ]

@@ -386,7 +386,7 @@ def fidelity_sentences(cells: pd.DataFrame) -> list[str]:
     at = cells[(cells["status"] == "ok") & (cells["batch_size"] == batch) & (cells["fidelity_status"] == "ok")]
     agreement = at["fidelity_top1"].astype(float)
     within, outside = at[agreement >= budget], at[agreement < budget]
-    head = f"Within the fidelity budget (top-1 agreement with hf fp32 >= {_percent(budget, 1)})"
+    head = f"Within the fidelity budget (top-1 agreement with hf fp32 at least {_percent(budget, 1)})"
     if within.empty:
         closest = at.loc[agreement.idxmax()]
         sentences.append(

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the reference file (JSON) to write")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (model.*, workload.fidelity.*, workload.seed)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = reference_config(compose_cell([f"model={args.model}", *args.overrides]))
     reference = build_reference(cfg, args.threads, say=lambda m: print(m, file=sys.stderr))
     write_json(args.out, reference)
