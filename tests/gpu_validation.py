@@ -70,6 +70,7 @@ overrides:
   workload.num_requests: 8
   workload.warmup_requests: 1
   workload.repeats: 2
+  workload.fidelity: false   # a 7B hf fp32 reference per model costs device minutes this check has not
 """
 
 CPU_MATRIX = """# written by tests/gpu_validation.py (CPU mode: no GPU on this machine)

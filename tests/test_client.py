@@ -276,12 +276,12 @@ def test_a_server_dying_mid_stream_ends_its_requests_with_an_error():
 # -- parsing, fed by hand -------------------------------------------------------------------
 
 
-def feed(pieces: list[bytes]) -> RawResponse:
+def feed(pieces: list[bytes], connection: _Connection | None = None) -> RawResponse:
     """Feed a response to the protocol in the given pieces, as network reads."""
     loop = asyncio.new_event_loop()
     try:
         raw, done = RawResponse(), loop.create_future()
-        connection = _Connection()
+        connection = connection or _Connection()
         connection.connection_made(FakeTransport())
         connection.begin(raw, done)
         for piece in pieces:
@@ -317,6 +317,17 @@ def test_events_split_anywhere_across_reads_parse_the_same(separator):
         # four events for the three tokens the usage counts: the empty one is bookkeeping, no token
         assert parsed.result.text == "abc" and len(parsed.result.chunk_times) == 3
         assert parsed.result.output_tokens == 3 and parsed.prompt_tokens == 9
+
+
+def test_a_body_end_sent_apart_from_the_last_chunk_is_not_read_as_the_next_response():
+    """llama-server writes the empty line that ends a chunked body apart from its last chunk; read
+    as the start of the next response on that connection, it failed the next request (before the
+    server's close, after which a request is retried). Such a connection is not reused."""
+    response = sse_response([json.dumps({"choices": [{"text": "a"}]}), "[DONE]"])
+    whole, apart = _Connection(), _Connection()
+    assert feed([response], whole).error == "" and not whole.closed  # kept for the next request
+    assert feed([response[:-2]], apart).error == "" and apart.closed  # complete, but not reused
+    assert parse_response(feed([response[:-2]])).result.text == "a"
 
 
 def test_an_error_event_mid_stream_fails_the_request():

@@ -26,6 +26,9 @@ def instance_command(results: Path, models_dir: Path, sizes: str, *overrides: st
     return [*command, "--", f"models_dir={models_dir}", *overrides]
 
 
+FAST = ("workload.input_tokens=8", "workload.output_tokens=4", "workload.num_requests=2", "workload.repeats=1")
+
+
 def summary(results: Path, bs: int) -> dict:
     return json.loads((results / f"hf/tiny-llama/fp32/bs{bs}/summary.json").read_text())
 
@@ -145,3 +148,17 @@ def test_unsupported_precision_starts_no_engine(tmp_path, models_dir):
         assert result["status"] == "unsupported"
         assert result["error"] == "precision int4 is not supported by engine hf (supported: fp32, bf16, fp16)"
     assert json.loads((results / "hf/tiny-llama/int4/instance.json").read_text())["engine_starts"] == 0
+
+
+def test_a_failed_fidelity_pass_costs_the_pass_never_the_cells(tmp_path, models_dir, fidelity_reference):
+    """A reference made with other settings (here: other prompts) is refused with how to rebuild it;
+    the speed cells stand and say so."""
+    results = tmp_path / "results"
+    command = instance_command(results, models_dir, "1", "workload.fidelity.prompts=3", *FAST)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = summary(results, 1)
+    assert result["status"] == "ok", result["error"]
+    assert result["fidelity"]["status"] == "error"
+    assert "delete it and let the workflow rebuild it" in result["fidelity"]["reason"]
+    assert not (results / "hf/tiny-llama/fp32/fidelity.json").exists()  # no record of a pass that did not run

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -46,6 +47,18 @@ def run_instance(tmp_path, engine: str, batch_sizes: tuple[int, ...], *overrides
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return [json.loads(p.read_text()) for p in summaries], [p.with_name("requests.csv") for p in summaries], run
+
+
+def ensure_gguf(models_dir, file_type: str):
+    gguf = models_dir / "tiny-llama" / "gguf" / f"{file_type}.gguf"
+    if not gguf.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.models.gguf", str(models_dir / "tiny-llama"), "--type", file_type]
+            + ["--out", str(gguf)],
+            check=True,
+            capture_output=True,
+        )
+    return gguf
 
 
 def running_with(marker: str) -> list[str]:
@@ -216,14 +229,7 @@ def test_vllm_server_cells(tmp_path, models_dir):
 @pytest.mark.engine
 def test_llama_cpp_server_cells_with_exact_text_prompts(tmp_path, models_dir):
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by `make setup-engines`")
-    gguf = models_dir / "tiny-llama" / "gguf" / "F32.gguf"
-    if not gguf.exists():
-        subprocess.run(
-            [sys.executable, "-m", "pipeline.models.gguf", str(models_dir / "tiny-llama"), "--type", "F32"]
-            + ["--out", str(gguf)],
-            check=True,
-            capture_output=True,
-        )
+    gguf = ensure_gguf(models_dir, "F32")
     summaries, requests, run = run_instance(tmp_path, "llama_cpp_server", (1, 2), f"models_dir={models_dir}", *WORKLOAD)
     for summary, path in zip(summaries, requests, strict=True):
         assert summary["status"] == "ok", summary["error"]
@@ -232,6 +238,26 @@ def test_llama_cpp_server_cells_with_exact_text_prompts(tmp_path, models_dir):
         assert (rows.chunks == rows.output_tokens).all() and (rows.tokens_counted_by == "one_per_event").all()
     assert "--interrupt_requests false" in run.stderr and "--cache false" in run.stderr
     assert running_with(str(gguf)) == []
+
+
+def test_llama_server_decodes_its_slots_together(tmp_path, models_dir):
+    """llama.cpp's own server (engine=llama_server) at batch 2 and 4 for real: one slot per request
+    in flight, decoded together, where llama_cpp_server would serve them one after another."""
+    if not (Path(sys.executable).parent / "llama-server").exists():
+        pytest.skip("llama-server is built by `make setup-llama-server` (part of `make test`)")
+    ensure_gguf(models_dir, "F32")
+    summaries, requests, run = run_instance(tmp_path, "llama_server", (2, 4), f"models_dir={models_dir}", *WORKLOAD)
+    for summary, path in zip(summaries, requests, strict=True):
+        assert summary["status"] == "ok", summary["error"]
+        rows = check_rows(path, 4)  # token-id prompts: exactly 16 in, exactly 8 out
+        assert summary["engine_device"] == "cpu" and summary["engine_version"] == "0.3.36"
+    argv = summaries[0]["engine_args"]["argv"]
+    assert argv[argv.index("--parallel") + 1] == "4" and argv[argv.index("--ctx-size") + 1] == str(4 * 24)
+    assert "--no-cache-prompt" in argv and argv[argv.index("--n-gpu-layers") + 1] == "0"
+    # at batch 4 the four requests are in flight together: each has its first token before any has ended
+    rows = pd.read_csv(requests[1])
+    assert (rows.t_send + rows.ttft_s).max() < rows.t_end.min()
+    assert running_with(str(models_dir / "tiny-llama/gguf/F32.gguf")) == []
 
 
 STAND_IN = """import json, os, sys

@@ -173,6 +173,10 @@ class _Connection(asyncio.Protocol):
             size = int(size_field, 16)
             if size == 0:
                 self.remaining = 0
+                # the body ends with an empty line after the last chunk: where it has not come with
+                # it (llama-server sends it apart), it would be read as the next response's start
+                if pending[pos : pos + 2] != b"\r\n":
+                    self.close_after = True
                 break
             self.chunk_left = size
         del pending[:pos]
@@ -232,8 +236,8 @@ class _Pool:
         self.target = target
         self.idle: list[_Connection] = []
 
-    async def get(self, timeout_s: float) -> tuple[_Connection, bool]:
-        while self.idle:
+    async def get(self, timeout_s: float, fresh: bool = False) -> tuple[_Connection, bool]:
+        while self.idle and not fresh:
             connection = self.idle.pop()
             if not connection.closed:
                 return connection, True
@@ -271,10 +275,12 @@ async def send(pool: _Pool, request: bytes, timeout_s: float) -> RawResponse:
     """One streamed request; failures are recorded in the response, never raised."""
     loop = asyncio.get_running_loop()
     target = pool.target
-    for _attempt in range(2):
+    for attempt in range(2):
         raw = RawResponse()
         try:
-            connection, reused = await pool.get(timeout_s)
+            # a retry takes a fresh connection: the other idle ones may be closing too (llama-server
+            # closes a connection after a few requests on it without saying so in the response)
+            connection, reused = await pool.get(timeout_s, fresh=attempt > 0)
         except (OSError, TimeoutError) as exc:
             raw.t_send = raw.t_done = time.perf_counter()
             raw.error = f"cannot connect to {target.host}:{target.port}: {exc or 'timed out'}"

@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from pipeline.config import ServerSettings
 from pipeline.engines.base import Engine, RequestResult
@@ -161,6 +162,7 @@ class ServerEngine(Engine):
         cfg = self.cfg
         values = {
             "python": sys.executable,
+            "bin": str(Path(sys.executable).parent),  # the environment's own programs (llama-server)
             "model": self.model_argument(),
             "served_model": self.served_model,
             "host": HOST,
@@ -200,6 +202,12 @@ class ServerEngine(Engine):
                 env=env,
                 preexec_fn=_die_with_parent,
             )
+        except FileNotFoundError as exc:
+            name = cfg.engine.name
+            raise ServerFailed(
+                f"cannot start the server: {argv[0]} is not installed ({exc}); conf/engine/{name}.yaml says how "
+                "to install it"
+            ) from exc
         except OSError as exc:
             raise ServerFailed(f"cannot start the server ({exc}); command: {' '.join(argv)}") from exc
         threading.Thread(target=self._relay_log, daemon=True).start()

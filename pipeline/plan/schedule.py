@@ -97,7 +97,7 @@ class Schedule:
     cell_states: dict[Cell, str]
     hardware: str = "auto"  # the datasheet entry collect judges the cells against (conf/hardware/)
     slo: str = "null"  # workload.slo as JSON, for collect
-    fidelity: str = "{}"  # workload.fidelity's reference settings as JSON: a change rebuilds the references
+    reference_settings: str = "{}"  # what fixes the fidelity references, as JSON: a change rebuilds them
     fidelity_budget: str = "null"  # workload.fidelity as JSON, for collect (its budget judges the figures)
     notes: tuple[str, ...] = ()  # what planning could only guess (printed with the plan)
     tracking: bool = True  # log to MLflow (--config tracking=false turns it off)
@@ -236,7 +236,9 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
         states,
         hardware=base.hardware.name,
         slo=json.dumps(base.workload.slo),
-        fidelity=json.dumps(base.workload.fidelity_config.reference_settings(base.workload.seed), sort_keys=True),
+        reference_settings=json.dumps(
+            base.workload.fidelity_config.reference_settings(base.workload.seed), sort_keys=True
+        ),
         fidelity_budget=json.dumps(dataclasses.asdict(base.workload.fidelity_config), sort_keys=True),
         notes=tuple(notes),
     )

@@ -360,15 +360,15 @@ def _agreement(row) -> str:
 
 
 def fidelity_sentences(cells: pd.DataFrame) -> list[str]:
-    """One model's fidelity: the fp32 cross-check, and the fastest configuration within the budget
-    (top-1 agreement with hf fp32 >= workload.fidelity.min_top1) where the intervals rank it."""
+    """One model's fidelity: failed checks, the fp32 cross-check, and the fastest configuration
+    within the budget (top-1 agreement with hf fp32 >= workload.fidelity.min_top1)."""
     instances = fidelity_instances(cells)
     if instances.empty:
         return []
-    sentences = []
-    failed = instances[instances["fidelity_status"] == "failed"]
-    for row in failed.itertuples():
-        sentences.append(f"Fidelity check failed for {row.engine} {row.precision}: {row.fidelity_reason}")
+    sentences = [
+        f"Fidelity check failed for {row.engine} {row.precision}: {row.fidelity_reason}"
+        for row in instances[instances["fidelity_status"] == "failed"].itertuples()
+    ]
     fp32 = instances[(instances["precision"] == "fp32") & (instances["engine"] != "hf")]
     if not fp32.empty:
         agree = _and([f"{row['engine']} {_agreement(row)}" for _, row in fp32.iterrows()])
@@ -377,8 +377,14 @@ def fidelity_sentences(cells: pd.DataFrame) -> list[str]:
             f"{agree} of positions (teacher-forced), a check of their model files and prompt paths."
         )
     judged = instances[instances["fidelity_status"] == "ok"]
-    if judged.empty:
-        return sentences
+    if not judged.empty:
+        sentences.append(budget_sentence(cells, judged))
+    return sentences
+
+
+def budget_sentence(cells: pd.DataFrame, judged: pd.DataFrame) -> str:
+    """The fastest configuration within the fidelity budget, ranked only where the TPOT intervals
+    separate; faster ones outside it are named with their agreement."""
     budget = as_number(judged["fidelity_budget_top1"].iloc[0])
     budget = DEFAULT_BUDGET if budget is None else budget
     batch = int(judged["batch_size"].min())
@@ -386,18 +392,15 @@ def fidelity_sentences(cells: pd.DataFrame) -> list[str]:
     at = cells[(cells["status"] == "ok") & (cells["batch_size"] == batch) & (cells["fidelity_status"] == "ok")]
     agreement = at["fidelity_top1"].astype(float)
     within, outside = at[agreement >= budget], at[agreement < budget]
-    head = f"Within the fidelity budget (top-1 agreement with hf fp32 at least {_percent(budget, 1)})"
-    if within.empty:
-        closest = at.loc[agreement.idxmax()]
-        sentences.append(
-            f"{head} no configuration was measured; the closest is {closest['engine']} {closest['precision']} "
-            f"({_agreement(closest)})."
-        )
-        return sentences
+    budget_text = f"the fidelity budget (top-1 agreement with hf fp32 at least {_percent(budget, 1)})"
     ranking = rank(candidates(within, LATENCY), lower_is_better=True)
     if ranking is None:
-        return sentences
-    best = ranking.best
+        closest = at.loc[agreement.idxmax()]
+        return (
+            f"No configuration stays within {budget_text}; the closest is {closest['engine']} "
+            f"{closest['precision']} ({_agreement(closest)})."
+        )
+    best, head = ranking.best, f"Within {budget_text}"
     if not ranking.contested:
         text = f"{head} only {best.config} qualifies at batch {batch} ({with_interval(best, _ms)} per token)."
     elif ranking.decisive:
@@ -412,8 +415,7 @@ def fidelity_sentences(cells: pd.DataFrame) -> list[str]:
     if not faster.empty:
         named = _and([f"{row['engine']} {row['precision']} ({_agreement(row)})" for _, row in faster.iterrows()])
         text += f" Faster but outside the budget: {named}."
-    sentences.append(text)
-    return sentences
+    return text
 
 
 def failure_sentence(cells: pd.DataFrame) -> str | None:

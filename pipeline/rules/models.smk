@@ -67,7 +67,7 @@ rule fidelity_reference:
         "../../envs/hf.yaml"
     threads: SCHEDULE.threads(workflow)
     params:
-        settings=SCHEDULE.fidelity,
+        settings=SCHEDULE.reference_settings,
         overrides=" ".join(reference_overrides(SCHEDULE.plan.overrides)),
     shell:
         f"{PYTHON} -m pipeline.run.fidelity {{wildcards.model}} --out {{output}} --threads {{threads}}"

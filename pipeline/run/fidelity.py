@@ -166,8 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = reference_config(compose_cell([f"model={args.model}", *args.overrides]))
     reference = build_reference(cfg, args.threads, say=lambda m: print(m, file=sys.stderr))
     write_json(args.out, reference)
-    print(args.out)
+    print(f"[fidelity] wrote {args.out}: {process_seconds():.1f}s since this process started", file=sys.stderr)
     return 0
+
+
+def process_seconds() -> float:
+    """Wall time since this process started, imports included (what the reference costs a run)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 if __name__ == "__main__":

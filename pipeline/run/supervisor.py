@@ -235,7 +235,12 @@ class InstanceRunner:
     def _record_fidelity(self, cfg: CellConfig) -> None:
         """Run the pass, write its record beside the cell directories, and note it in every ok cell."""
         started = time.perf_counter()
-        status, reason, record = self._fidelity_pass(cfg)
+        try:
+            status, reason, record = self._fidelity_pass(cfg)
+        except Exception as exc:  # a bug in the pass costs the pass, never the cells measured before it
+            _log(traceback.format_exc())
+            self.kill_engine()
+            status, reason, record = ERROR, f"internal error: {type(exc).__name__}: {exc}", None
         entry = {"status": status, "reason": reason, "pass_s": time.perf_counter() - started}
         record_path = None
         if record is not None:
