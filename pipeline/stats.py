@@ -93,6 +93,13 @@ def bootstrap_interval(
     return _widened(estimate, np.concatenate(draws), k)
 
 
+def log_softmax(logits) -> np.ndarray:
+    """Natural-log probabilities of each row's logits, in float64 (the engines' fidelity passes)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def mean_interval(
     groups: Sequence[Sequence[float]], resamples: int = RESAMPLES, seed: int = 0, upper: float | None = None
 ) -> tuple[float, float, float] | None:

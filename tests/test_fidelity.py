@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.analysis.fidelity import fidelity_columns, position_figures, position_kl
 from pipeline.config import ConfigError, FidelityConfig
-from pipeline.run.fidelity import candidate_values, log_softmax, read_reference, top_tokens
-from pipeline.stats import mean_interval
+from pipeline.run.fidelity import candidate_values, read_reference, top_tokens
+from pipeline.stats import log_softmax, mean_interval
 
 
 def test_kl_over_the_whole_distribution_is_the_textbook_kl():

@@ -101,7 +101,7 @@ class HFEngine(Engine):
         return results
 
     def next_token_logprobs(self, prompts: list[list[int]], top_k: int = 20) -> list:
-        from pipeline.run.fidelity import log_softmax
+        from pipeline.stats import log_softmax
 
         torch = self._torch
         rows = []

@@ -77,7 +77,7 @@ class LlamaCppEngine(Engine):
         the speed cells' prefill: the pass (after them) reopens the file with it."""
         import numpy as np
 
-        from pipeline.run.fidelity import log_softmax
+        from pipeline.stats import log_softmax
 
         llama_cpp = self.require()
         longest = max(len(p) for p in prompts)

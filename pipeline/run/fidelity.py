@@ -40,12 +40,6 @@ def fidelity_prompts(settings: FidelityConfig, vocab_size: int, seed: int) -> li
     return make_prompts(settings.prompts, settings.positions + 1, vocab_size, seed, "fidelity")
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def top_tokens(logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k most likely token ids, most likely first, and their log-probabilities."""
     ids = np.argsort(-logprobs, axis=-1, kind="stable")[:, :k]
