@@ -57,7 +57,9 @@ rule gguf_quantized:
 rule fidelity_reference:
     input:
         lambda w: (
-            [f"{SCHEDULE.models_dir}/{w.model}/config.json"] if w.model in SCHEDULE.synthetic_models else []
+            [f"{SCHEDULE.models_dir}/{w.model}/config.json"]
+            if w.model in SCHEDULE.synthetic_models
+            else []
         ),
     output:
         f"{SCHEDULE.models_dir}/{{model}}/fidelity/reference.json",
