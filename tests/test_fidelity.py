@@ -165,6 +165,10 @@ def test_a_stale_or_missing_reference_says_how_to_rebuild_it(tmp_path):
     path.write_text(json.dumps({"model": "tiny-llama", "settings": {"prompts": 3}}))
     with pytest.raises(ValueError, match="delete it and let the workflow rebuild it"):
         read_reference(path, cfg)
+    # a reference that could not be built is its error: the pass says so (the cells never waited)
+    path.write_text(json.dumps({"model": "tiny-llama", "error": "OSError: no such model"}))
+    with pytest.raises(ValueError, match=r"could not be built \(OSError: no such model\); the workflow tries again"):
+        read_reference(path, cfg)
 
 
 @pytest.mark.parametrize(

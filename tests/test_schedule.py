@@ -246,5 +246,12 @@ def test_fidelity_needs_the_models_reference_and_its_budget_never_re_measures(tm
     overrides = ("models_dir=/m", "model.seed=2", "workload.fidelity.prompts=4", "workload.fidelity.min_top1=0.9",
                  "workload.output_tokens=8", "engine.threads=1")  # fmt: skip
     assert reference_overrides(overrides) == ["models_dir=/m", "model.seed=2", "workload.fidelity.prompts=4"]
+    # a reference that failed last time (recorded as its error) is removed at planning: built again
+    failed = tmp_path / "m2/tiny-llama/fidelity/reference.json"
+    failed.parent.mkdir(parents=True)
+    failed.write_text(json.dumps({"model": "tiny-llama", "error": "OSError: offline"}))
+    plan, tree = load_plan(str(matrix), CONF, [f"models_dir={tmp_path / 'm2'}"])
+    notes = schedule(plan, tree, tmp_path / "results").notes
+    assert not failed.exists() and any("failed last time (OSError: offline): building it again" in n for n in notes)
     off = load_plan(str(matrix), CONF, ["workload.fidelity=false"])
     assert all(job.fidelity_reference is None for job in schedule(*off, tmp_path / "results").jobs)

@@ -29,6 +29,7 @@ from pipeline.plan.conf import ConfTree, check_overrides, to_override
 from pipeline.plan.matrix import EngineSpec, Instance, Plan, PlanError, load_plan
 from pipeline.results.schema import FINAL, Cell, CellResult
 from pipeline.results.store import read_result, summary_path
+from pipeline.run.fidelity import failed_reference
 
 # Workflow settings, not Hydra overrides: gpus and cpus are what each engine instance job asks.
 RESERVED_KEYS = ("matrix", "overrides", "tracking", "gpus", "cpus")
@@ -186,6 +187,8 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
     }
     jobs, notes = [], []
     compares = base.workload.fidelity_config.enabled  # each instance's fidelity pass needs its model's reference
+    if compares:
+        notes += retry_failed_references([fidelity_reference_path(model_configs[m], models_dir) for m in models])
     for instance in plan.instances():
         pending = tuple(
             bs
@@ -242,6 +245,18 @@ def schedule(plan: Plan, tree: ConfTree, results_dir: Path, matrix_file: Path | 
         fidelity_budget=json.dumps(dataclasses.asdict(base.workload.fidelity_config), sort_keys=True),
         notes=tuple(notes),
     )
+
+
+def retry_failed_references(paths: list[Path]) -> list[str]:
+    """A reference that could not be built is recorded as its error (the speed cells do not wait on
+    it); planning removes such a record, so that the workflow builds the reference again."""
+    notes = []
+    for path in paths:
+        error = failed_reference(path)
+        if error:
+            path.unlink()
+            notes.append(f"the fidelity reference {path} failed last time ({error}): building it again")
+    return notes
 
 
 def model_input(models_dir: str, instance: Instance, engine: EngineSpec) -> str | None:

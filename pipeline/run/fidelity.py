@@ -19,6 +19,7 @@ import dataclasses
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,14 @@ def build_reference(cfg: CellConfig, threads: int | None = None, say=print) -> d
     }
 
 
+def failed_reference(path: str | Path) -> str | None:
+    """The error a reference file records instead of a reference (None: a reference, or no file)."""
+    try:
+        return json.loads(Path(path).read_text()).get("error")
+    except (OSError, ValueError):
+        return None
+
+
 def read_reference(path: str | Path, cfg: CellConfig) -> dict:
     """The model's reference, checked against this cell's settings."""
     path = Path(path)
@@ -109,6 +118,11 @@ def read_reference(path: str | Path, cfg: CellConfig) -> dict:
             f"python -m pipeline.run.fidelity {cfg.model.name} --out {path}"
         )
     reference = json.loads(path.read_text())
+    if reference.get("error"):
+        raise ValueError(
+            f"the fidelity reference of {cfg.model.name} could not be built ({reference['error']}); the workflow "
+            f"tries again on its next run (its log: {cfg.models_dir}/logs/{cfg.model.name}-fidelity-reference.log)"
+        )
     wanted = cfg.workload.fidelity_config.reference_settings(cfg.workload.seed)
     if reference.get("settings") != wanted or reference.get("model") != cfg.model.name:
         raise ValueError(
@@ -158,7 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (model.*, workload.fidelity.*, workload.seed)")
     args = parser.parse_intermixed_args(argv)
     cfg = reference_config(compose_cell([f"model={args.model}", *args.overrides]))
-    reference = build_reference(cfg, args.threads, say=lambda m: print(m, file=sys.stderr))
+    try:
+        reference = build_reference(cfg, args.threads, say=lambda m: print(m, file=sys.stderr))
+    except Exception as exc:  # the model's fidelity fails, never its speed cells: they wait on this file
+        print(traceback.format_exc(), file=sys.stderr)
+        reference = {
+            "model": cfg.model.name,
+            "settings": cfg.workload.fidelity_config.reference_settings(cfg.workload.seed),
+            "error": f"{type(exc).__name__}: {exc}",
+        }
     write_json(args.out, reference)
     print(f"[fidelity] wrote {args.out}: {process_seconds():.1f}s since this process started", file=sys.stderr)
     return 0
