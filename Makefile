@@ -29,7 +29,7 @@ $(VENV)/.llama_cpp: $(VENV)/.installed
 	touch $@
 
 # llama.cpp's own server (llama-server, engine=llama_server) from the llama.cpp source that
-# llama-cpp-python vendors, with the wheel's CPU flags (envs/build_llama_server.sh; ~N min on 2
+# llama-cpp-python vendors, with the wheel's CPU flags (envs/build_llama_server.sh; 457 s on 2
 # cores); kept beside the wheel, per version and flags.
 LLAMA_SERVER := $(LLAMA_WHEELS)/llama-server
 $(VENV)/.llama_server: $(VENV)/.installed
