@@ -240,6 +240,7 @@ def test_llama_cpp_server_cells_with_exact_text_prompts(tmp_path, models_dir):
     assert running_with(str(gguf)) == []
 
 
+@pytest.mark.engine
 def test_llama_server_decodes_its_slots_together(tmp_path, models_dir):
     """llama.cpp's own server (engine=llama_server) at batch 2 and 4 for real: one slot per request
     in flight, decoded together, where llama_cpp_server would serve them one after another."""
