@@ -128,3 +128,19 @@ def test_hidden_gpus_are_not_seen(monkeypatch):
     assert device.gpus_seen({"CUDA_VISIBLE_DEVICES": "1"}) == ["NVIDIA H100 PCIe"]
     assert device.gpus_seen({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert device.gpus_seen({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+
+
+def test_only_engines_that_read_no_device_variables_are_forked_from_a_preloaded_process():
+    # hf preloads torch and transformers once per instance; a device environment variable set
+    # for it, or an engine whose conf has some (vLLM), must be set before the import: spawned.
+    from pipeline.run.supervisor import InstanceRunner
+
+    def start_method(*overrides):
+        runner = InstanceRunner([], {}, {}, [], threads=None)
+        runner._context(compose_cell(["model=tiny-llama", *overrides]))
+        return runner.start_method
+
+    assert start_method("engine=hf") == "forkserver"
+    assert start_method("engine=hf", "+engine.devices.cpu.env.OMP_NUM_THREADS=1") == "spawn"
+    assert start_method("engine=vllm") == "spawn"
+    assert start_method("engine=llama_cpp") == "spawn"  # nothing to preload

@@ -2,6 +2,7 @@
 every batch size, its repeats pooled per cell (the real supervisor and hf engine)."""
 
 import json
+import re
 import subprocess
 
 import pandas as pd
@@ -24,6 +25,11 @@ def test_each_start_is_a_fresh_engine_and_every_cell_pools_its_starts(tmp_path, 
     assert "engine start 2 of 2 (workload.instance_starts)" in run.stderr
     instance = json.loads((results / "hf/tiny-llama/fp32/instance.json").read_text())
     assert instance["engine_starts"] == 2
+    # hf's starts are forked from one process that imported torch once; each is still its own
+    # process that loads its own weights
+    assert instance["engine_start_method"] == "forkserver"
+    pids = re.findall(r"starting engine process (\d+) \(hf, tiny-llama, fp32; forkserver\)", run.stderr)
+    assert len(pids) == len(set(pids)) == 2, run.stderr
     for bs in (1, 2):
         cell = results / f"hf/tiny-llama/fp32/bs{bs}"
         summary = json.loads((cell / "summary.json").read_text())

@@ -67,6 +67,10 @@ class Engine(ABC):
     """
 
     serves_streams: ClassVar[bool] = False  # True: measured with pipeline.engines.client load patterns (servers)
+    # Modules an engine process may import before it is told its device (pipeline.run.supervisor
+    # forks every start of an instance from one process that imported them); empty: each start
+    # is spawned afresh. Only for libraries that read no device environment variable at import.
+    preload: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: CellConfig, max_batch_size: int, threads: int | None):
         self.cfg = cfg

@@ -33,6 +33,8 @@ class _StepClock:
 
 
 class HFEngine(Engine):
+    preload = ("pipeline.engines.hf_preload",)
+
     def resolve_device_kind(self) -> str:
         from pipeline.engines.device import torch_device_kind
 
