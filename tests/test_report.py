@@ -2,6 +2,7 @@
 smoke run, escaping of everything that comes from the data, and the page in a real browser."""
 
 import base64
+import json
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pipeline.report.markdown import fenced, md_escape
 from pipeline.report.plots import all_plots, box_stats
 from pipeline.report.render import main as report_main
 from pipeline.report.render import write_report
-from pipeline.report.verdict import noise_warnings, pareto_front, verdict
+from pipeline.report.verdict import drift_warnings, noise_warnings, pareto_front, verdict
 from tests.conftest import REPO, run_snakemake
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -92,7 +93,7 @@ def test_overlapping_intervals_cannot_be_ranked():
     assert not model.throughput.decisive
     text = " ".join(model.sentences)
     assert "cannot be ranked between A bf16 (10 ms [9-11 ms]) and B bf16 (10.5 ms [9.45-11.6 ms])" in text
-    assert "their 95% intervals overlap" in text
+    assert "the gap is within the noise of their 95% intervals" in text
     assert "Fastest single stream (lowest" not in text  # no winner is named
     (warning,) = noise_warnings(noisy)
     assert (warning.a.engine, warning.b.engine) == ("A", "B") and "cannot be ranked" in warning.text
@@ -106,6 +107,24 @@ def test_overlapping_intervals_cannot_be_ranked():
     assert model.latency.decisive and model.latency.best.engine == "A"
     assert model.throughput.decisive and model.throughput.best.engine == "A"
     assert noise_warnings(quiet) == []
+
+
+def test_a_gap_beyond_the_combined_noise_is_ranked_though_the_intervals_overlap():
+    # 10% apart, each +-6%: the intervals overlap, the two-sample rule still tells them apart.
+    cells = table(cell("A", tpot_ms=10.0, tok_s=100, noise=0.06), cell("B", tpot_ms=11.0, tok_s=90, noise=0.06))
+    (model,) = verdict(cells).models
+    assert model.latency.decisive and model.latency.best.engine == "A"
+    assert model.throughput.decisive and model.throughput.best.engine == "A"
+
+
+def test_a_cell_whose_tpot_drifted_over_its_repeats_is_named():
+    repeats = json.dumps([0.0489, 0.0437, 0.0399, 0.0352, 0.0310])
+    drifting = cell("A", tpot_s_p50_trend=-0.447, tpot_s_p50_trend_p=0.027, tpot_s_p50_repeats=repeats)
+    steady = cell("B", tpot_s_p50_trend=-0.02, tpot_s_p50_trend_p=0.6, tpot_s_p50_repeats=repeats)
+    (warning,) = drift_warnings(table(drifting, steady))
+    assert warning.startswith("A/m/bf16/bs1: TPOT p50 fell by 45% over its 5 repeats in time order")
+    assert "p = 0.027" in warning
+    assert drift_warnings(table(steady)) == []
 
 
 def test_one_wide_interval_is_enough_to_prevent_a_ranking():

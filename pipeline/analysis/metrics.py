@@ -24,7 +24,7 @@ import statistics
 import numpy as np
 
 from pipeline.results.schema import PERCENTILES
-from pipeline.stats import by_repeat, headline_intervals, measured_window, total_window
+from pipeline.stats import by_repeat, headline_intervals, measured_window, total_window, trend
 
 
 def _stats(name: str, values: list[float]) -> dict[str, float | None]:
@@ -75,6 +75,8 @@ def summarize(records: list[dict]) -> dict[str, float | int | None]:
     figures["tpot_s_p50_repeats"] = json.dumps(tpot_per_repeat)
     figures["output_tok_s_spread"] = spread(per_repeat)
     figures["tpot_s_p50_spread"] = spread(tpot_per_repeat)
+    drift = trend(tpot_per_repeat)  # repeats are numbered in time order, across engine starts
+    figures["tpot_s_p50_trend"], figures["tpot_s_p50_trend_p"] = drift if drift else (None, None)
     for name, interval in headline_intervals(records).items():
         low, high = (None, None) if interval is None else interval[1:]
         figures[f"{name}_low"] = None if low is None or math.isnan(low) else low

@@ -36,7 +36,7 @@ from pipeline.report.tables import (
     search_rows,
     starts_note,
 )
-from pipeline.report.verdict import noise_warnings, verdict
+from pipeline.report.verdict import drift_warnings, noise_warnings, verdict
 from pipeline.results.schema import LEAD_COLUMNS
 from pipeline.results.store import atomic_write
 
@@ -104,7 +104,7 @@ def build_context(
         "fidelity_headers": FIDELITY_HEADERS,
         "fidelity_note": FIDELITY_NOTE,
         "repeats": ", ".join(repeats) or "unknown",
-        "noise_warnings": [w.text for w in noise_warnings(cells)],
+        "noise_warnings": [w.text for w in noise_warnings(cells)] + drift_warnings(cells),
         "noise_unknown": not ok.empty and spreads.isna().all(),
         "noise_rows": noise_rows(cells),
         "noise_headers": NOISE_HEADERS,

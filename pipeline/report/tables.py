@@ -248,6 +248,13 @@ def interval_text(row, name: str, show) -> str:
     return MISSING if low is None or high is None else f"{show(low)}-{show(high)}"
 
 
+def trend_text(row) -> str:
+    """'-45% (p 0.03)': Sen's change of TPOT over the cell's repeats and Mann-Kendall's p; a dash
+    with fewer than 5 repeats."""
+    change, p = as_number(row.get("tpot_s_p50_trend")), as_number(row.get("tpot_s_p50_trend_p"))
+    return MISSING if change is None or p is None else f"{change:+.0%} (p {p:.2g})"
+
+
 def noise_rows(cells: pd.DataFrame) -> list[dict]:
     """Per cell: how the measurement settled, the per-repeat figures and intervals, the host's noise."""
     ok = cells[cells["status"] == "ok"]
@@ -267,6 +274,7 @@ def noise_rows(cells: pd.DataFrame) -> list[dict]:
                 + (f", {row['repeats_stop']}" if isinstance(row.get("repeats_stop"), str) else ""),
                 "tpot_per_repeat": ", ".join(significant(v * 1000) for v in tpots) or MISSING,
                 "tpot_interval": interval_text(row, "tpot_s_p50", milliseconds),
+                "tpot_trend": trend_text(row),
                 "per_repeat": ", ".join(f"{v:.3g}" for v in throughputs) or MISSING,
                 "throughput_interval": interval_text(row, "output_tok_s", number),
                 "steal": percent(row.get("host_steal_share")),
@@ -280,8 +288,10 @@ def noise_rows(cells: pd.DataFrame) -> list[dict]:
 NOISE_RULE = (
     "Warm-up runs until two rounds in a row agree on step time (within workload.steady_tolerance); a first "
     "repeat outside the others' range is discarded and run again. Each headline figure has a 95% interval "
-    "(a two-level bootstrap over repeats and the requests within them, widened for few repeats), and two "
-    "configurations are ranked only when their intervals do not overlap."
+    "(a two-level bootstrap over repeats and the requests within them, widened for few repeats); a TPOT that "
+    "drifts over a cell's repeats in time order (Mann-Kendall p < 0.05 and a change of at least 10%) is named "
+    "below. Two configurations are ranked only when the gap between them exceeds their facing half-widths "
+    "combined in quadrature (a two-sample test at 5%)."
 )
 
 
@@ -306,6 +316,7 @@ NOISE_HEADERS = [
     ("repeats", "repeats"),
     ("TPOT p50 ms per repeat", "tpot_per_repeat"),
     ("TPOT p50 95% interval ms", "tpot_interval"),
+    ("TPOT trend over the repeats", "tpot_trend"),
     ("output tok/s per repeat", "per_repeat"),
     ("output tok/s 95% interval", "throughput_interval"),
     ("CPU stolen", "steal"),

@@ -7,13 +7,24 @@ with its interval.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from pipeline.analysis.metrics import as_number
-from pipeline.report.ranking import LATENCY, THROUGHPUT, Candidate, Ranking, candidates, indistinguishable, rank
+from pipeline.report.ranking import (
+    LATENCY,
+    THROUGHPUT,
+    WITHIN_NOISE,
+    Candidate,
+    Ranking,
+    candidates,
+    indistinguishable,
+    rank,
+)
+from pipeline.stats import trending
 
 ROOFLINE_FLAG = "roofline_flag"
 FLAGS_NAMED = 5  # the verdict names this many flagged cells; the table lists them all
@@ -93,7 +104,7 @@ def _tie_clause(ranking: Ranking, show, name) -> str:
     gap = abs(ranking.tied[-1].value - ranking.best.value) / ranking.best.value
     return (
         f"cannot be ranked between {names}: they differ by {_percent(gap, 1)}, "
-        "but their 95% intervals overlap, so at this noise they cannot be told apart."
+        f"but {WITHIN_NOISE}, so at this noise they cannot be told apart."
     ) + _intervals_note(*group)
 
 
@@ -190,8 +201,8 @@ def batch_sentence(by_batch: dict[int, Ranking]) -> str | None:
     winners = {r.best.config for r in contested.values() if r.decisive}
     if not winners:
         return (
-            "At no batch size can the configurations be ranked by TPOT p50: their 95% intervals overlap, "
-            "so at this noise they cannot be told apart."
+            "At no batch size can the configurations be ranked by TPOT p50: at each, "
+            f"{WITHIN_NOISE}, so at this noise they cannot be told apart."
         )
     if len(winners) == 1 and all(r.decisive for r in contested.values()):
         batches = ", ".join(map(str, contested))
@@ -332,7 +343,7 @@ def precision_sentences(cells: pd.DataFrame) -> list[str]:
             f"than {wide['precision']}"
         )
         if same:
-            sentences.append(f"{head}, but their TPOT cannot be told apart (their 95% intervals overlap).")
+            sentences.append(f"{head}, but their TPOT cannot be told apart ({WITHIN_NOISE}).")
         elif speedup > 1:
             sentences.append(
                 f"{head} and its TPOT is {speedup:.1f}x lower: decode moves bytes, fewer bytes are faster."
@@ -507,8 +518,8 @@ class NoiseWarning:
         gap = abs(self.a.value - self.b.value) / max(self.a.value, self.b.value)
         return (
             f"{self.model}, batch {self.batch_size}: {self.a.config} ({with_interval(self.a, _tok_s)}) and "
-            f"{self.b.config} ({with_interval(self.b, _tok_s)}) differ by {_percent(gap)}, but their 95% intervals "
-            "overlap: they cannot be ranked."
+            f"{self.b.config} ({with_interval(self.b, _tok_s)}) differ by {_percent(gap)}, but {WITHIN_NOISE}: "
+            "they cannot be ranked."
         )
 
 
@@ -520,6 +531,22 @@ def noise_warnings(cells: pd.DataFrame) -> list[NoiseWarning]:
         for a, b in zip(ordered, ordered[1:], strict=False):
             if indistinguishable(a, b):
                 warnings.append(NoiseWarning(str(model), int(batch), a, b))
+    return warnings
+
+
+def drift_warnings(cells: pd.DataFrame) -> list[str]:
+    """Cells whose TPOT drifted over their repeats (pipeline.stats.trending)."""
+    warnings = []
+    for row in cells[cells["status"] == "ok"].to_dict("records"):
+        change, p = as_number(row.get("tpot_s_p50_trend")), as_number(row.get("tpot_s_p50_trend_p"))
+        if change is None or p is None or not trending((change, p)):
+            continue
+        repeats = len(json.loads(row["tpot_s_p50_repeats"])) if isinstance(row.get("tpot_s_p50_repeats"), str) else 0
+        warnings.append(
+            f"{row['cell_id']}: TPOT p50 {'rose' if change > 0 else 'fell'} by {_percent(abs(change))} over its "
+            f"{repeats} repeats in time order (Mann-Kendall p = {p:.2g}): the host or the engine changed speed "
+            "while it was measured. Its interval covers the drift; a re-run may not reproduce it."
+        )
     return warnings
 
 

@@ -216,6 +216,9 @@ CELL_COLUMNS: tuple[Column, ...] = (
     Column("output_tok_s_repeats", INFO),  # JSON list, one throughput per repeat
     Column("tpot_s_p50_repeats", INFO),  # JSON list, one TPOT p50 per repeat
     *_metrics("output_tok_s_spread", "tpot_s_p50_spread", "ms_per_10_words"),
+    # a trend of TPOT over the repeats in time order (pipeline.stats.trend): Sen's change over the cell, relative,
+    # and Mann-Kendall's p; empty with fewer than 5 repeats
+    *_metrics("tpot_s_p50_trend", "tpot_s_p50_trend_p"),
     # how the measurement settled (pipeline.run.measure)
     *_metrics("instance_starts", "warmup_rounds", "repeats_run", "repeats_kept", "repeats_discarded"),
     Column("warmup_steady", INFO),
