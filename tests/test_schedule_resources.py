@@ -88,6 +88,10 @@ def test_threads_take_every_core_locally_and_a_fixed_share_on_a_cluster():
     assert schedule.threads(SimpleNamespace(nodes=100, cores=1)) == schedule_module.CLUSTER_CPUS
     pinned = load_schedule({"matrix": "smoke", "cpus": 3}, CONF_DIR, results_root="/nonexistent")
     assert pinned.threads(SimpleNamespace(nodes=None, cores=16)) == 3
+    # a model's build or fidelity reference takes half, so that two run side by side
+    assert schedule.preparation_threads(SimpleNamespace(nodes=None, cores=2)) == 1
+    assert schedule.preparation_threads(SimpleNamespace(nodes=None, cores=1)) == 1
+    assert pinned.preparation_threads(SimpleNamespace(nodes=None, cores=16)) == 1
 
 
 def _locks(workdir: Path) -> list[str]:

@@ -206,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="model name from conf/model/")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the model (model.seed=1 ...)")
     parser.add_argument("--into", type=Path, help="target directory (default: models/NAME)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the training (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # two builds side by side must not both take every core
     cfg = compose_cell([f"model={args.model}", *args.overrides])
     if not cfg.model.synthetic:
         parser.error(f"model {args.model} is not synthetic (hub id {cfg.model.hub_id}); set model.synthetic=true")

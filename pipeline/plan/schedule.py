@@ -115,6 +115,13 @@ class Schedule:
             return workflow.cores or 1
         return CLUSTER_CPUS
 
+    def preparation_threads(self, workflow) -> int:
+        """Cores for a job that prepares a model (a synthetic model's build and brief training, a
+        fidelity reference): half an instance's, so that two run side by side, each with its own
+        torch threads (the two synthetic builds side by side on 2 cores, outside Snakemake, which
+        also exports OMP_NUM_THREADS: 48 s with one thread each, 336 s with torch's two each)."""
+        return max(1, self.threads(workflow) // 2)
+
     def environment_file(self, job: InstanceJob, envs_dir: Path = ENVS_DIR) -> str:
         """envs/<environment>.yaml, or envs/<environment>-gpu.yaml for jobs that ask GPUs where the
         engine's GPU build is another environment (vLLM, llama.cpp)."""

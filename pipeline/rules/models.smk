@@ -12,11 +12,12 @@ rule materialize_model:
         f"{SCHEDULE.models_dir}/logs/{{model}}.log",
     conda:
         "../../envs/hf.yaml"
+    threads: SCHEDULE.preparation_threads(workflow)
     params:
         overrides=" ".join(model_overrides(SCHEDULE.plan.overrides)),
     shell:
-        f"{PYTHON} -m pipeline.models.synthetic {{wildcards.model}} --into $(dirname {{output}}) {{params.overrides}}"
-        " > {log} 2>&1"
+        f"{PYTHON} -m pipeline.models.synthetic {{wildcards.model}} --into $(dirname {{output}})"
+        " --threads {threads} {params.overrides} > {log} 2>&1"
 
 
 # GGUF for llama.cpp: float files written from the HF directory...
@@ -67,7 +68,7 @@ rule fidelity_reference:
         f"{SCHEDULE.models_dir}/logs/{{model}}-fidelity-reference.log",
     conda:
         "../../envs/hf.yaml"
-    threads: SCHEDULE.threads(workflow)
+    threads: SCHEDULE.preparation_threads(workflow)
     params:
         settings=SCHEDULE.reference_settings,
         overrides=" ".join(reference_overrides(SCHEDULE.plan.overrides)),
