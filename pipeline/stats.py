@@ -26,8 +26,6 @@ The rules, stated once (README, "What the numbers mean"):
   drifts when Mann-Kendall's test finds a trend at 5% and Sen's slope amounts to a change of
   at least 10% over the cell (`trend`, `trending`): the host or the engine changed speed while
   it was measured, which its interval covers but a re-run may not reproduce.
-- **Ranking**: two figures differ when the gap between them exceeds their facing 95%
-  half-widths combined in quadrature (`differ`; on the log scale for positive figures).
 - **SLO met**: for each target of workload.slo, at least `percentile`% of the requests within
   it; a failed request is within none (`slo_figures`: cells in collect, probes in the load search).
 """
@@ -271,26 +269,17 @@ def trending(found: tuple[float, float] | None) -> bool:
     return found is not None and found[1] < TREND_P and abs(found[0]) >= TREND_CHANGE
 
 
-def differ(a: tuple[float, float, float], b: tuple[float, float, float]) -> int:
-    """-1 when figure a is below figure b at 95%, 1 when above, 0 when they cannot be told apart
-    (or either interval is unknown). a, b: (estimate, low, high), each the cell's own 95% interval.
-
-    The gap between the estimates is set against the two half-widths that face each other,
-    combined in quadrature (sqrt(h_a^2 + h_b^2)): a two-sample test at 5% for independent
-    measurements (different engine processes), on the log scale for positive figures, where
-    the intervals are built. Asking the intervals not to overlap instead (h_a + h_b) would test
-    at about 0.6% and miss gaps the data does support."""
-    if any(v is None or math.isnan(v) for v in (*a, *b)):
+def separated(a: tuple[float, float], b: tuple[float, float]) -> int:
+    """-1 when interval a lies wholly below b, 1 when wholly above, 0 when they overlap
+    (or either is unknown)."""
+    (a_low, a_high), (b_low, b_high) = a, b
+    if any(v is None or math.isnan(v) for v in (a_low, a_high, b_low, b_high)):
         return 0
-    first, second = (a, b) if a[0] <= b[0] else (b, a)
-    (lower, lower_high), (upper, upper_low) = (first[0], first[2]), (second[0], second[1])
-    if min(lower, upper_low) > 0:
-        gap, facing = math.log(upper / lower), (math.log(lower_high / lower), math.log(upper / upper_low))
-    else:
-        gap, facing = upper - lower, (lower_high - lower, upper - upper_low)
-    if gap <= math.hypot(*facing):
-        return 0
-    return -1 if a[0] < b[0] else 1
+    if a_high < b_low:
+        return -1
+    if b_high < a_low:
+        return 1
+    return 0
 
 
 # ---- the headline figures of a cell, from its request records ----------------------------------

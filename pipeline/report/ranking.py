@@ -1,11 +1,10 @@
 """Which configuration is faster, only where the data can tell (pure functions on cells.csv).
 
-Rule (README, "What the numbers mean"): two cells are ranked when the gap between their
-figures exceeds their 95% half-widths facing each other, combined in quadrature (cells.csv
-`<figure>_low` / `<figure>_high`; pipeline.stats.differ, a two-sample test at 5%). Otherwise
-they cannot be told apart at this noise. A cell without an interval (one repeat, for
-throughput) makes the comparison unchecked: it is ranked by value and the verdict says that
-the noise is unknown.
+Rule (README, "What the numbers mean"): two cells are ranked when the 95% intervals of the
+figure compared (cells.csv `<figure>_low` / `<figure>_high`, pipeline.stats) do not overlap.
+Overlapping intervals cannot be told apart at this noise. A cell without an interval (one
+repeat, for throughput) makes the comparison unchecked: it is ranked by value and the
+verdict says that the noise is unknown.
 
 Candidates are compared within one model (comparing a 4M model with a 7B one says nothing).
 """
@@ -18,11 +17,9 @@ from itertools import combinations
 import pandas as pd
 
 from pipeline.analysis.metrics import as_number
-from pipeline.stats import differ
+from pipeline.stats import separated
 
 LATENCY, THROUGHPUT = "tpot_s_p50", "output_tok_s"
-# How the report says that a gap failed the rule.
-WITHIN_NOISE = "the gap is within the noise of their 95% intervals"
 
 
 @dataclass(frozen=True)
@@ -67,11 +64,10 @@ class Ranking:
 
 
 def indistinguishable(a: Candidate, b: Candidate) -> bool | None:
-    """True when a and b cannot be told apart (pipeline.stats.differ); None when either interval
-    is unknown."""
+    """True when a's and b's intervals overlap; None when either interval is unknown."""
     if not (a.interval_known and b.interval_known):
         return None
-    return differ((a.value, a.low, a.high), (b.value, b.low, b.high)) == 0
+    return separated((a.low, a.high), (b.low, b.high)) == 0
 
 
 def candidates(cells: pd.DataFrame, metric: str) -> list[Candidate]:

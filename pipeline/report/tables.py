@@ -290,8 +290,7 @@ NOISE_RULE = (
     "repeat outside the others' range is discarded and run again. Each headline figure has a 95% interval "
     "(a two-level bootstrap over repeats and the requests within them, widened for few repeats); a TPOT that "
     "drifts over a cell's repeats in time order (Mann-Kendall p < 0.05 and a change of at least 10%) is named "
-    "below. Two configurations are ranked only when the gap between them exceeds their facing half-widths "
-    "combined in quadrature (a two-sample test at 5%)."
+    "below. Two configurations are ranked only when their intervals do not overlap."
 )
 
 

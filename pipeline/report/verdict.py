@@ -14,16 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pipeline.analysis.metrics import as_number
-from pipeline.report.ranking import (
-    LATENCY,
-    THROUGHPUT,
-    WITHIN_NOISE,
-    Candidate,
-    Ranking,
-    candidates,
-    indistinguishable,
-    rank,
-)
+from pipeline.report.ranking import LATENCY, THROUGHPUT, Candidate, Ranking, candidates, indistinguishable, rank
 from pipeline.stats import trending
 
 ROOFLINE_FLAG = "roofline_flag"
@@ -104,7 +95,7 @@ def _tie_clause(ranking: Ranking, show, name) -> str:
     gap = abs(ranking.tied[-1].value - ranking.best.value) / ranking.best.value
     return (
         f"cannot be ranked between {names}: they differ by {_percent(gap, 1)}, "
-        f"but {WITHIN_NOISE}, so at this noise they cannot be told apart."
+        "but their 95% intervals overlap, so at this noise they cannot be told apart."
     ) + _intervals_note(*group)
 
 
@@ -201,8 +192,8 @@ def batch_sentence(by_batch: dict[int, Ranking]) -> str | None:
     winners = {r.best.config for r in contested.values() if r.decisive}
     if not winners:
         return (
-            "At no batch size can the configurations be ranked by TPOT p50: at each, "
-            f"{WITHIN_NOISE}, so at this noise they cannot be told apart."
+            "At no batch size can the configurations be ranked by TPOT p50: their 95% intervals overlap, "
+            "so at this noise they cannot be told apart."
         )
     if len(winners) == 1 and all(r.decisive for r in contested.values()):
         batches = ", ".join(map(str, contested))
@@ -343,7 +334,7 @@ def precision_sentences(cells: pd.DataFrame) -> list[str]:
             f"than {wide['precision']}"
         )
         if same:
-            sentences.append(f"{head}, but their TPOT cannot be told apart ({WITHIN_NOISE}).")
+            sentences.append(f"{head}, but their TPOT cannot be told apart (their 95% intervals overlap).")
         elif speedup > 1:
             sentences.append(
                 f"{head} and its TPOT is {speedup:.1f}x lower: decode moves bytes, fewer bytes are faster."
@@ -518,8 +509,8 @@ class NoiseWarning:
         gap = abs(self.a.value - self.b.value) / max(self.a.value, self.b.value)
         return (
             f"{self.model}, batch {self.batch_size}: {self.a.config} ({with_interval(self.a, _tok_s)}) and "
-            f"{self.b.config} ({with_interval(self.b, _tok_s)}) differ by {_percent(gap)}, but {WITHIN_NOISE}: "
-            "they cannot be ranked."
+            f"{self.b.config} ({with_interval(self.b, _tok_s)}) differ by {_percent(gap)}, but their 95% intervals "
+            "overlap: they cannot be ranked."
         )
 
 
