@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline.report.verdict import ROOFLINE_FLAG, as_number, flag_text, searched_instances, significant
+from pipeline.report.verdict import ROOFLINE_FLAG, as_number, cell_trend, flag_text, searched_instances, significant
 
 MISSING = "–"
 
@@ -251,8 +251,8 @@ def interval_text(row, name: str, show) -> str:
 def trend_text(row) -> str:
     """'-45% (p 0.03)': Sen's change of TPOT over the cell's repeats and Mann-Kendall's p; a dash
     with fewer than 5 repeats."""
-    change, p = as_number(row.get("tpot_s_p50_trend")), as_number(row.get("tpot_s_p50_trend_p"))
-    return MISSING if change is None or p is None else f"{change:+.0%} (p {p:.2g})"
+    found = cell_trend(row)
+    return MISSING if found is None else f"{found[0]:+.0%} (p {found[1]:.2g})"
 
 
 def noise_rows(cells: pd.DataFrame) -> list[dict]:

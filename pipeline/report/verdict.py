@@ -525,13 +525,20 @@ def noise_warnings(cells: pd.DataFrame) -> list[NoiseWarning]:
     return warnings
 
 
+def cell_trend(row) -> tuple[float, float] | None:
+    """(change, p) of a cells.csv row's TPOT trend over its repeats; None where it was not tested."""
+    change, p = as_number(row.get("tpot_s_p50_trend")), as_number(row.get("tpot_s_p50_trend_p"))
+    return None if change is None or p is None else (change, p)
+
+
 def drift_warnings(cells: pd.DataFrame) -> list[str]:
     """Cells whose TPOT drifted over their repeats (pipeline.stats.trending)."""
     warnings = []
     for row in cells[cells["status"] == "ok"].to_dict("records"):
-        change, p = as_number(row.get("tpot_s_p50_trend")), as_number(row.get("tpot_s_p50_trend_p"))
-        if change is None or p is None or not trending((change, p)):
+        found = cell_trend(row)
+        if not trending(found):
             continue
+        change, p = found
         repeats = len(json.loads(row["tpot_s_p50_repeats"])) if isinstance(row.get("tpot_s_p50_repeats"), str) else 0
         warnings.append(
             f"{row['cell_id']}: TPOT p50 {'rose' if change > 0 else 'fell'} by {_percent(abs(change))} over its "
