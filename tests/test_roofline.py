@@ -149,9 +149,26 @@ def test_probes_measure_and_cache(tmp_path):
     assert first["cached"] is False
     assert first["bandwidth_gbs"] >= first["bandwidth_gbs_median"] > 0.1
     assert first["bandwidth_gbs"] == max(first["copy_gbs"], first["read_gbs"])
+    assert first["read_gbs"] == max(first["read_kernels_gbs"].values())  # one stream and two: the better
+    assert set(first["read_kernels_gbs"]) == {"sum", "dot"}
     assert first["matmul_tflops"] > 0
     again = cached_peaks("cpu", "test-cpu", "float32", 1, cache_file=cache, copy_bytes=32 << 20, matmul_n=128)
     assert again["cached"] is True and again["bandwidth_gbs"] == first["bandwidth_gbs"]
+
+
+def test_probes_of_an_older_method_are_measured_again(tmp_path):
+    import json
+
+    from pipeline.run import probes
+
+    cache = tmp_path / "probes.json"
+    probes.cached_peaks("cpu", "test-cpu", "float32", 1, cache_file=cache, copy_bytes=32 << 20, matmul_n=128)
+    entries = json.loads(cache.read_text())
+    (key,) = entries
+    older = key.replace(f"v{probes.PROBE_VERSION}|", f"v{probes.PROBE_VERSION - 1}|")
+    cache.write_text(json.dumps({older: {**entries[key], "bandwidth_gbs": 1e6}}))  # a stale figure
+    found = probes.cached_peaks("cpu", "test-cpu", "float32", 1, cache_file=cache, copy_bytes=32 << 20, matmul_n=128)
+    assert found["cached"] is False and found["bandwidth_gbs"] < 1e6
 
 
 # -- a peer's figures ---------------------------------------------------------------------

@@ -6,11 +6,16 @@ full probe (bandwidth and matmul) runs right after the engine loads, cached per 
 again before and after every cell (pipeline.run.measure), since a shared host's bandwidth
 drifts between cells and MBU must be judged against the bandwidth of its own moment.
 
-Bandwidth is probed twice: a copy (bytes read + written) and a read-only reduction. Decode
+Bandwidth is probed twice: a copy (bytes read + written) and a read-only pass. Decode
 mostly reads, and on CPUs reads run faster than copies, so the peak is the better of the
-two; against a copy alone a good engine would show an MBU above 1.0. The best repeat is the
-peak (MBU above 1.0 against it means an accounting bug); the spread is kept because shared
-machines drift (on the 2-core development machines, two threads flip between ~35 and ~60 GB/s).
+two; against a copy alone a good engine would show an MBU above 1.0. The read passes are a
+sum (one stream) and a dot product of the buffer's halves (two streams, as a matrix-vector
+product reads rows); the better counts. On one core of the 2-core development machine the dot
+read a median 4% more a round (two runs of tests/benchmarks/bench_read_probe.py), with two
+threads neither led; llama.cpp's F32 decode had once read 0.2% faster than the sum's best.
+The best repeat is the peak (MBU above 1.0 against it means an accounting bug); the spread is
+kept because shared machines drift (on the 2-core development machines, two threads flip
+between ~35 and ~60 GB/s).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from pipeline.results.store import write_json
 
 CACHE_FILE = Path(os.environ.get("LLM_BENCH_CACHE", Path.home() / ".cache" / "llm-infer-bench")) / "probes.json"
-PROBE_VERSION = 1  # bump when the method changes, so that old cache entries are ignored
+PROBE_VERSION = 2  # bump when the method changes, so that old cache entries are ignored
 
 
 def _timed(fn, repeats: int, sync) -> list[float]:
@@ -41,8 +46,9 @@ def _timed(fn, repeats: int, sync) -> list[float]:
 
 
 def measure_bandwidth(device: str, threads: int | None, copy_bytes: int | None = None, repeats: int = 3) -> dict:
-    """Memory bandwidth on `device` with `threads` (torch's), from a copy and a read-only sum of
-    a buffer far larger than any cache; the better of the two is the figure."""
+    """Memory bandwidth on `device` with `threads` (torch's), from a copy and read-only passes
+    (a sum; a dot product of its halves) over a buffer far larger than any cache; the best is the
+    figure."""
     import torch
 
     if threads:
@@ -53,7 +59,12 @@ def measure_bandwidth(device: str, threads: int | None, copy_bytes: int | None =
     src = torch.ones(copy_bytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     copy = [2 * copy_bytes / t / 1e9 for t in _timed(lambda: dst.copy_(src), repeats, sync)]
-    read = [copy_bytes / t / 1e9 for t in _timed(lambda: src.sum(), repeats, sync)]
+    first, second = src.chunk(2)
+    reads = {
+        name: [copy_bytes / t / 1e9 for t in _timed(kernel, repeats, sync)]
+        for name, kernel in (("sum", src.sum), ("dot", lambda: torch.dot(first, second)))
+    }
+    read = reads["sum"] + reads["dot"]
     bandwidths = copy if max(copy) >= max(read) else read
     return {
         "bandwidth_gbs": max(bandwidths),
@@ -62,6 +73,7 @@ def measure_bandwidth(device: str, threads: int | None, copy_bytes: int | None =
         "bandwidth_from": "copy" if bandwidths is copy else "read",
         "copy_gbs": max(copy),
         "read_gbs": max(read),
+        "read_kernels_gbs": {name: max(passes) for name, passes in reads.items()},
         "copy_bytes": copy_bytes,
         "threads": threads or torch.get_num_threads(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

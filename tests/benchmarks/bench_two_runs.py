@@ -117,11 +117,12 @@ def main() -> int:
     checks = {
         "no contradictions": len(result["contradictions"]) == TARGETS["contradictions"],
         "half of the clear gaps ranked in both": share is None or share >= TARGETS["ranked_share_of_clear_gaps"],
-        f"each run under {TARGETS['wall_s']:.0f} s": all(wall < TARGETS["wall_s"] for wall, _ in runs),
         "no MBU above 1.0 against the measured peak (cells beyond the cache)": all(
             (mbu_max(cells)[0] or 0) <= TARGETS["mbu_measured_max"] for _, cells in runs
         ),
     }
+    if args.matrix == "default":  # the time target is the default matrix's (README: Quick start)
+        checks[f"each run under {TARGETS['wall_s']:.0f} s"] = all(wall < TARGETS["wall_s"] for wall, _ in runs)
     for name, passed in checks.items():
         print(f"{'PASS' if passed else 'FAIL'}: {name}")
     return 0 if all(checks.values()) else 1
