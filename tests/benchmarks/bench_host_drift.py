@@ -4,7 +4,7 @@
     python tests/benchmarks/bench_host_drift.py [--model tiny-llama] [--precision bf16] [--seconds 60]
 
 Loads the hf adapter once (models/<model> must exist: `snakemake --cores 2` builds it), then runs
-rounds of one request of 16 tokens at batch 1 back to back, each followed by a short read probe
+rounds of one request of 16 tokens at batch 1 back to back, each followed by a short bandwidth probe
 (pipeline.run.probes) and a fixed in-cache matmul (the CPU's own speed, no memory traffic).
 Printed per window of a few seconds: the median TPOT and its range, the probe's bandwidth and the
 matmul's time. If the windows differ as much as fresh engine processes do, the spread that
