@@ -10,9 +10,11 @@ Bandwidth is probed twice: a copy (bytes read + written) and a read-only pass. D
 mostly reads, and on CPUs reads run faster than copies, so the peak is the better of the
 two; against a copy alone a good engine would show an MBU above 1.0. The read passes are a
 sum (one stream) and a dot product of the buffer's halves (two streams, as a matrix-vector
-product reads rows); the better counts. On one core of the 2-core development machine the dot
-read a median 4% more a round (two runs of tests/benchmarks/bench_read_probe.py), with two
-threads neither led; llama.cpp's F32 decode had once read 0.2% faster than the sum's best.
+product reads rows); the best pass counts. Neither kernel leads reliably on the 2-core
+development machine (tests/benchmarks/bench_read_probe.py: dot/sum per round a median 1.008 and
+1.001 with one thread, 0.923 with two; 1.036 and 1.044 in a standalone loop of the same kernels),
+so the probe takes both: more passes and two access patterns can only raise its peak, and
+llama.cpp's F32 decode had once read 0.2% faster than the sum's best.
 The best repeat is the peak (MBU above 1.0 against it means an accounting bug); the spread is
 kept because shared machines drift (on the 2-core development machines, two threads flip
 between ~35 and ~60 GB/s).

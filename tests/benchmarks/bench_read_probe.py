@@ -3,15 +3,21 @@ product of the buffer's halves, the probe's read pass in pipeline.run.probes)? N
 
     python tests/benchmarks/bench_read_probe.py [--threads 1] [--rounds 20]
 
-Each round takes the better of two passes of each kernel over a 512 MiB buffer (the size of the
-probe beside every cell), sum and dot back to back so that both see the host's same moment.
+Each round is one probe as it runs beside every cell (pipeline.run.probes.measure_bandwidth: a
+512 MiB buffer, two timed passes of each kernel, sum and dot back to back so that both see the
+host's same moment); printed: each read kernel's best pass per round, and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pipeline.run.probes import measure_bandwidth  # noqa: E402
 
 
 def main() -> None:
@@ -19,26 +25,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    size = 512 << 20
-    buffer = torch.ones(size // 4)
-    half = buffer.numel() // 2
-    first, second = buffer[:half], buffer[half:]
-    kernels = {"sum": lambda: buffer.sum(), "dot": lambda: torch.dot(first, second)}
-
-    def gbs(kernel) -> float:
-        started = time.perf_counter()
-        kernel()
-        return size / (time.perf_counter() - started) / 1e9
-
-    for kernel in kernels.values():
-        kernel()  # first touch
-    best = {name: [] for name in kernels}
-    for _ in range(args.rounds):
-        for name, kernel in kernels.items():
-            best[name].append(max(gbs(kernel) for _ in range(2)))
+    best = {"sum": [], "dot": []}
+    for _ in range(args.rounds):  # the probe's own passes, its two read kernels back to back
+        found = measure_bandwidth("cpu", args.threads, copy_bytes=512 << 20, repeats=2)["read_kernels_gbs"]
+        for name in best:
+            best[name].append(found[name])
     for name, values in best.items():
         print(f"{name}: best {max(values):.1f} GB/s, median of rounds {statistics.median(values):.1f}")
     ratios = [d / s for s, d in zip(best["sum"], best["dot"], strict=True)]
